@@ -1,0 +1,186 @@
+/* uvstall — find libuv event-loop stalls while they happen and name the code.
+ *
+ * This header is the contract for C and C++ users. A watch puts a uv_timer on
+ * your loop; a sentinel thread notices when that timer is overdue and signals
+ * the loop thread, whose signal handler captures the native stack of whatever
+ * is blocking. Reports are JSON Lines (docs/report.schema.json) written by a
+ * writer thread, so output never blocks the loop or the sentinel.
+ *
+ * Usage (on the loop's thread):
+ *
+ *     #include <uvstall/uvstall.h>
+ *
+ *     uvstall_options_t opts;
+ *     uvstall_options_init(&opts);
+ *     opts.threshold_ms = 100;                 // report stalls of >= 100 ms
+ *     opts.output_path = "/var/log/app/stalls.jsonl";
+ *     uvstall_t *watch;
+ *     int rc = uvstall_start(loop, &opts, &watch);
+ *     if (rc != 0) fprintf(stderr, "uvstall: %s\n", uvstall_strerror(rc));
+ *     uv_run(loop, UV_RUN_DEFAULT);
+ *     ...
+ *     uvstall_stop(watch);                     // closes our handles;
+ *     uv_run(loop, UV_RUN_NOWAIT);             // lets libuv finish closing them
+ *     uv_loop_close(loop);
+ *
+ * Build with `pkg-config --cflags --libs uvstall`.
+ *
+ * Rules that hold for every function here:
+ *   - Errors are negative `int` codes; uvstall_strerror() names the field and
+ *     the allowed range. After an error nothing is half-started.
+ *   - Fields are added only at the end of the structs; the init functions set
+ *     `struct_size`, so binaries built against an older header keep working.
+ *   - A watched thread may see one EINTR per captured stall from calls that
+ *     the kernel never restarts (nanosleep, usleep, sleep, poll with a
+ *     timeout): the capture signal interrupts them. Calls that SA_RESTART
+ *     restarts (read, write, recv, futex waits) are not affected.
+ */
+#ifndef UVSTALL_UVSTALL_H
+#define UVSTALL_UVSTALL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define UVSTALL_EXTERN __attribute__((visibility("default")))
+#else
+#define UVSTALL_EXTERN
+#endif
+
+#define UVSTALL_VERSION_MAJOR 0
+#define UVSTALL_VERSION_MINOR 1
+#define UVSTALL_VERSION_PATCH 0
+#define UVSTALL_VERSION_STRING "0.1.0"
+
+/* Error codes: negative, stable, each with a message from uvstall_strerror(). */
+#define UVSTALL_ERRNO_MAP(XX)                                                  \
+  XX(EINVAL, -1, "invalid argument: a NULL handle, loop, options or output pointer") \
+  XX(ESTRUCT, -2, "options.struct_size is too small: fill the options with uvstall_options_init() first") \
+  XX(EINTERVAL, -3, "interval_ms must be between 1 and 3600000") \
+  XX(ETHRESHOLD, -4, "threshold_ms must be 0 (automatic: max(100, 2 x interval_ms)) or between 2 x interval_ms and 3600000") \
+  XX(EMAXFRAMES, -5, "max_frames must be between 1 and 256") \
+  XX(ECAPTURETIMEOUT, -6, "capture_timeout_ms must be between 1 and 10000") \
+  XX(ELOOPNAME, -7, "loop_name must be at most 63 bytes") \
+  XX(EOUTPUT, -8, "output_path could not be opened for appending") \
+  XX(EALREADY, -9, "this loop is already watched by uvstall") \
+  XX(ESIGNAL, -10, "signal must be 0 (default), SIGUSR1, SIGUSR2 or a real-time signal between SIGRTMIN and SIGRTMAX") \
+  XX(ECONFIGURED, -11, "uvstall_configure must be called once, before the first uvstall_start") \
+  XX(EQUEUE, -12, "max_queued_reports must be between 1 and 1000000") \
+  XX(ETHREAD, -13, "could not start the sentinel or writer thread") \
+  XX(EUV, -14, "a libuv call failed while attaching to the loop") \
+  XX(ENOMEM, -15, "out of memory") \
+  XX(ELIMIT, -16, "too many loops watched at once (at most 4096)") \
+  XX(EWRONGTHREAD, -17, "uvstall_stop must be called on the thread that called uvstall_start") \
+  XX(ESIGACTION, -18, "could not install the capture signal handler")
+
+typedef enum {
+#define UVSTALL_ERRNO_ENUM_(name, value, msg) UVSTALL_##name = (value),
+  UVSTALL_ERRNO_MAP(UVSTALL_ERRNO_ENUM_)
+#undef UVSTALL_ERRNO_ENUM_
+  UVSTALL_ERRNO_END_ = -19
+} uvstall_errno_t;
+
+/* One watch of one loop. Opaque; freed by uvstall_stop (memory is released
+ * once the loop has run its close callbacks). */
+typedef struct uvstall_s uvstall_t;
+
+/* Called on uvstall's writer thread (never the loop or the sentinel) with one
+ * JSON record, without a trailing newline; `json` is NUL-terminated and
+ * `len` excludes the NUL. Do not call uvstall_* from it. A slow callback only
+ * delays later reports; those that do not fit in the queue are dropped and
+ * counted. */
+typedef void (*uvstall_report_cb)(const char *json, size_t len, void *arg);
+
+/* Per-loop options. Fill with uvstall_options_init(), then change fields. */
+typedef struct uvstall_options_s {
+  /* Set by uvstall_options_init to sizeof(uvstall_options_t); do not change. */
+  size_t struct_size;
+  /* How often the watch's timer ticks on the loop. Default 20. */
+  uint32_t interval_ms;
+  /* Report when the tick is this late. 0 = automatic: max(100, 2 x interval). */
+  uint32_t threshold_ms;
+  /* Most stack frames captured per stall (1..256). Default 64. */
+  uint32_t max_frames;
+  /* How long the sentinel waits for the stack before reporting
+   * "capture":"timeout" (1..10000). Default 50. */
+  uint32_t capture_timeout_ms;
+  /* Name used in reports. NULL = "loop-N" (N counts watches from 1). Copied. */
+  const char *loop_name;
+  /* JSON Lines output: NULL = standard error (duplicated at start), else a
+   * file opened for append and reopened when rotated away. Copied. */
+  const char *output_path;
+  /* When set, each record is passed here; file/stderr output is then off
+   * unless output_path is also set. Default NULL. */
+  uvstall_report_cb on_report;
+  /* Passed to on_report. Default NULL. */
+  void *report_arg;
+} uvstall_options_t;
+
+/* Process-wide settings: apply with uvstall_configure() before the first
+ * uvstall_start() (afterwards it returns UVSTALL_ECONFIGURED). */
+typedef struct uvstall_process_options_s {
+  /* Set by uvstall_process_options_init; do not change. */
+  size_t struct_size;
+  /* Signal used to capture stacks. 0 = the default, SIGRTMAX - 3. */
+  int signal;
+  /* Records waiting for the writer beyond this are dropped and counted.
+   * Default 1024. */
+  uint32_t max_queued_reports;
+} uvstall_process_options_t;
+
+/* Counters of one watch, readable from any thread. */
+typedef struct uvstall_stats_s {
+  /* Set by the caller to sizeof(uvstall_stats_t) before uvstall_get_stats. */
+  size_t struct_size;
+  /* Ticks of the watch's timer so far. */
+  uint64_t ticks;
+  /* Stalls detected so far. */
+  uint64_t stalls;
+  /* Sum of the durations of the stalls that have ended, in milliseconds. */
+  double stalled_ms_total;
+  /* Records of this watch handed to the output (file, stderr or callback). */
+  uint64_t reports_written;
+  /* Records of this watch dropped because the queue was full or the output
+   * failed. */
+  uint64_t reports_dropped;
+} uvstall_stats_t;
+
+UVSTALL_EXTERN void uvstall_options_init(uvstall_options_t *opts);
+UVSTALL_EXTERN void uvstall_process_options_init(uvstall_process_options_t *popts);
+
+/* Applies process-wide settings; once, before the first uvstall_start. */
+UVSTALL_EXTERN int uvstall_configure(const uvstall_process_options_t *popts);
+
+/* Starts watching `loop`. Call on the thread that runs the loop, and keep
+ * running the loop on that thread: the capture signal is sent to it. Our
+ * handles are unref'd, so they never keep the loop alive. `opts` may be NULL
+ * for all defaults. On success *out is the watch. */
+UVSTALL_EXTERN int uvstall_start(uv_loop_t *loop, const uvstall_options_t *opts,
+                                 uvstall_t **out);
+
+/* Stops the watch: a stall in progress gets its stall_end, our handles are
+ * closed (memory is freed in their close callbacks). Call on the loop's
+ * thread; once the loop has run again (uv_run with UV_RUN_NOWAIT is enough),
+ * uv_loop_close succeeds. The handle is invalid after this returns 0. */
+UVSTALL_EXTERN int uvstall_stop(uvstall_t *h);
+
+/* Fills *out (out->struct_size must be set). Any thread. */
+UVSTALL_EXTERN int uvstall_get_stats(const uvstall_t *h, uvstall_stats_t *out);
+
+/* A static message for an error code; never NULL. */
+UVSTALL_EXTERN const char *uvstall_strerror(int err);
+
+/* The library's version, e.g. "0.1.0". */
+UVSTALL_EXTERN const char *uvstall_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* UVSTALL_UVSTALL_H */
