@@ -1,0 +1,61 @@
+// JSON Lines records (docs/report.schema.json is the schema). Built on the
+// sentinel (and, for "start", on the starting thread); never in the handler.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "config.h"
+#include "modules.h"
+
+namespace uvstall::internal {
+
+constexpr int kReportVersion = 1;
+
+// Who a per-loop record is about.
+struct LoopIdentity {
+  std::string loop;
+  pid_t tid = 0;
+};
+
+// Fields of every record: type, version, time, run_id, pid (and tid, loop
+// when `who` is given).
+nlohmann::ordered_json record_base(const char *type, uint64_t wall_ns, const LoopIdentity *who);
+
+// "2026-11-25T12:40:01.123Z"
+std::string rfc3339_ms(uint64_t wall_ns);
+
+// Milliseconds with microsecond precision, as a JSON number.
+double ms_from_ns(uint64_t ns);
+
+// The process's random run id (16 hex digits), made on first use.
+const std::string &run_id();
+
+nlohmann::ordered_json start_record(const LoopIdentity &who, const Config &cfg, int signal);
+
+// One stall sample.
+struct StallSample {
+  uint64_t stall_id = 0;
+  uint32_t threshold_ms = 0;
+  uint64_t blocked_ns = 0;
+  const char *capture = "ok";  // ok | timeout | failed | late
+  std::string capture_error;
+  double handler_us = -1;      // < 0: not captured
+  bool truncated = false;
+  std::vector<ResolvedFrame> frames;
+};
+nlohmann::ordered_json stall_record(const LoopIdentity &who, uint64_t wall_ns, const StallSample &s);
+
+nlohmann::ordered_json stall_end_record(const LoopIdentity &who, uint64_t wall_ns,
+                                uint64_t stall_id, uint64_t duration_ns,
+                                const char *ended_by);
+
+// Adds "dropped": n when n > 0 (records of this watch lost since the last).
+void note_drops(nlohmann::ordered_json &record, uint64_t n);
+
+}  // namespace uvstall::internal

@@ -1,0 +1,55 @@
+// Where records go: a bounded queue drained by one writer thread, which runs
+// the host's on_report callbacks and does every write. The sentinel only
+// ever enqueues (never blocks on output): when the queue is full, or an
+// output fails, the record is dropped and counted in the watch's counters.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "config.h"
+
+namespace uvstall::internal {
+
+// Delivery counters of one watch, shared by the sentinel and the writer.
+struct DeliveryCounters {
+  std::atomic<uint64_t> written{0};
+  std::atomic<uint64_t> dropped{0};
+  // Drops not yet announced in a record ("dropped" field); the sentinel
+  // takes it when it builds the watch's next record.
+  std::atomic<uint64_t> unannounced_drops{0};
+};
+
+// One watch's destinations: a file or standard error, and/or a callback.
+class Output {
+ public:
+  // Opens what `cfg` asks for. Returns null and sets *err on failure.
+  static std::shared_ptr<Output> open(const Config &cfg, int *err);
+  ~Output();
+  // Writer thread only. False when any destination failed.
+  bool deliver(const std::string &line);
+
+ private:
+  Output() = default;
+  bool write_fd(const std::string &line);
+  void reopen_if_rotated();
+
+  int fd_ = -1;            // -1: no file output
+  bool owns_fd_ = false;   // false for the shared duplicate of stderr
+  std::string path_;       // empty for stderr
+  uvstall_report_cb cb_ = nullptr;
+  void *cb_arg_ = nullptr;
+};
+
+// Starts the writer thread (once). Returns 0 or UVSTALL_ETHREAD.
+int writer_start(uint32_t max_queued);
+// Queues a line for `out`; counts a drop when the queue is full. Never blocks
+// for longer than a queue lock held only to push or pop.
+void writer_enqueue(std::shared_ptr<Output> out,
+                    std::shared_ptr<DeliveryCounters> counters, std::string line);
+// Waits up to `timeout_ms` for the queue to empty (process exit).
+void writer_drain(uint32_t timeout_ms);
+
+}  // namespace uvstall::internal

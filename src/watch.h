@@ -1,0 +1,104 @@
+// One watch: the state shared by a heartbeat source (the libuv timer in
+// uv_source.cc, later others), the sentinel and the writer. The sentinel,
+// capture and reports never know which heartbeat source a watch has.
+#pragma once
+
+#include <sys/types.h>
+#include <uv.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include "config.h"
+#include "report.h"
+#include "sink.h"
+
+namespace uvstall::internal {
+
+// Sentinel-only bookkeeping of one watch (touched by no other thread).
+struct SentinelState {
+  enum Phase { kIdle, kCapturing, kStalled } phase = kIdle;
+  uint64_t stall_id = 0;
+  uint64_t gen = 0;               // capture request generation
+  uint64_t start_bound_ns = 0;    // best lower bound of the stall's start
+  uint64_t capture_deadline_ns = 0;
+  bool awaiting_late = false;     // capture timed out; a late one may land
+  bool finished = false;          // stopped and finalized: drop it
+};
+
+struct Watch {
+  // Immutable after watch_create.
+  Config cfg;
+  LoopIdentity who;
+  uv_loop_t *loop = nullptr;      // null for heartbeat sources without libuv
+  int slot = -1;                  // capture slot index
+  int signal = 0;                 // the capture signal, for the start record
+  std::shared_ptr<Output> out;
+  std::shared_ptr<DeliveryCounters> counters = std::make_shared<DeliveryCounters>();
+
+  // Heartbeat. The source stores last_beat_ns (seq_cst) then reads
+  // pending_stall (seq_cst); the sentinel stores pending_stall then re-reads
+  // last_beat_ns. With one total order, a beat racing a detection is seen
+  // by at least one side, so a stall is never left without its end.
+  std::atomic<uint64_t> last_beat_ns{0};
+  std::atomic<uint64_t> ticks{0};  // written by the source only
+  // The stall the sentinel has detected and not yet seen end (0: none).
+  // The source swaps it to 0 at the loop's first sign of life, stores
+  // end_ns, then publishes ended_stall (release).
+  std::atomic<uint64_t> pending_stall{0};
+  std::atomic<uint64_t> end_ns{0};
+  std::atomic<uint64_t> ended_stall{0};
+
+  // Statistics (any thread reads).
+  std::atomic<uint64_t> stalls{0};
+  std::atomic<uint64_t> stalled_ns_total{0};
+
+  // Lifecycle: guarded by mu. The sentinel holds mu while it signals the
+  // thread, wakes the loop or reads the capture slot; stop holds it while
+  // it releases them, so neither is used after stop.
+  std::mutex mu;
+  bool stopped = false;
+  uint64_t stop_ns = 0;
+  uv_async_t *async = nullptr;    // wakes the loop at detection; null if none
+
+  SentinelState s;
+};
+
+// Wakes the sentinel (async-signal-safe: a sem_post).
+void sentinel_wake();
+
+// Heartbeat source: one beat, on the loop's thread.
+inline void watch_mark_alive(Watch *w, uint64_t now_ns) {
+  if (w->pending_stall.load(std::memory_order_seq_cst) == 0) return;
+  const uint64_t id = w->pending_stall.exchange(0, std::memory_order_seq_cst);
+  if (id == 0) return;
+  w->end_ns.store(now_ns, std::memory_order_relaxed);
+  w->ended_stall.store(id, std::memory_order_release);
+  sentinel_wake();
+}
+
+inline void watch_beat(Watch *w, uint64_t now_ns) {
+  w->last_beat_ns.store(now_ns, std::memory_order_seq_cst);
+  w->ticks.store(w->ticks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  watch_mark_alive(w, now_ns);
+}
+
+// Creates a watch for the calling thread: resolves options, starts the
+// process-wide machinery on first use, takes a capture slot, warms the
+// unwinder and opens the output. The caller registers it with sentinel_add
+// once its heartbeat runs (which queues the "start" record), or, on failure,
+// gives it back with watch_stop.
+int watch_create(const uvstall_options_t *opts, uv_loop_t *loop,
+                 std::shared_ptr<Watch> *out);
+// Starts watching (the first beat is "now").
+void sentinel_add(const std::shared_ptr<Watch> &w);
+// Stops a watch on its own thread: a stall in progress ends now, the
+// capture slot and the async wake are released. The sentinel writes the
+// remaining records and forgets the watch.
+void watch_stop(Watch *w);
+// Fills stats from the watch's counters.
+void watch_stats(const Watch *w, uvstall_stats_t *out);
+
+}  // namespace uvstall::internal
