@@ -1,0 +1,259 @@
+"""uvstall-symbolize: the command line, and the lookup of every frame.
+
+Input is read whole before anything is printed: addresses from all reports
+are deduplicated and looked up with one symbolizer process per file, which
+is what makes thousands of reports fast.
+"""
+
+import argparse
+import os
+import signal
+import sys
+
+from . import locate, render, reports, skiplist, stacks
+from .symbolizer import BACKENDS, Symbolizer, SymbolizerError
+
+PROG = "uvstall-symbolize"
+
+EXIT_OK = 0
+EXIT_SKIPPED = 1
+EXIT_USAGE = 2
+
+EPILOG = """\
+examples:
+  uvstall-symbolize stalls.jsonl
+      one block per stall: header, then '#N function (file:line)' per frame
+  uvstall-symbolize --debug-dir ./debug stalls.jsonl
+      a stripped production binary, its debug file in ./debug/.build-id/xx/rest.debug
+  DEBUGINFOD_URLS=http://debuginfod.example:8002 uvstall-symbolize stalls.jsonl
+      fetch debug files by build-id (cached in ~/.cache/uvstall/debuginfod)
+  uvstall-symbolize --summary stalls.jsonl
+      which functions stall the loop most: count, total and max ms
+  uvstall-symbolize --folded stalls.jsonl | flamegraph.pl > stalls.svg
+      collapsed stacks weighted by stall ms, for any flame-graph tool
+  tail -n 1000 stalls.jsonl | uvstall-symbolize --json > symbolized.jsonl
+      the same records, each frame with function, file, line and inlined
+
+lookup order for a module (each file checked by build-id): the module path in
+the report; DIR/.build-id/xx/rest.debug for each --debug-dir, then
+/usr/lib/debug; each server in $DEBUGINFOD_URLS. A build-id mismatch is warned
+about and the frame keeps the report's own symbol: never a wrong line.
+
+exit status:
+  0  every line was used and every module with a path was found
+  1  output was written, but some lines were skipped (not JSON, not an
+     object, broken frames) or some modules could not be looked up (missing,
+     build-id mismatch, symbolizer failure); stderr says which, by line
+  2  usage error: bad option, unreadable input file or skip list
+"""
+
+
+class Diagnostics:
+    """One-line warnings on stderr; remembers whether anything was lost."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.lossy = False
+
+    def warn(self, where, message, lossy=True):
+        self.lossy = self.lossy or lossy
+        prefix = "%s: %s: " % (PROG, where) if where else "%s: " % PROG
+        self.stream.write(prefix + message + "\n")
+
+    def bad_line(self, where, reason):
+        self.warn(where, reason + "; line skipped")
+
+
+class Resolver:
+    """Looks up every native frame of the given stalls, once per distinct
+    (file, address), and answers resolve(frame) -> stacks.Resolved."""
+
+    def __init__(self, locator, symbolizer, diagnostics):
+        self.locator = locator
+        self.symbolizer = symbolizer
+        self.diag = diagnostics
+        self._resolved = {}
+
+    def __call__(self, frame):
+        return self._resolved.get(id(frame)) or _from_report(frame)
+
+    def run(self, stalls):
+        # Each distinct (module, build-id), with the first line naming it.
+        modules = {}
+        for record in stalls:
+            for frame in record.frames:
+                if frame.module and frame.lookup_offset is not None and frame.lookup_offset >= 0:
+                    key = (frame.module, frame.build_id)
+                    modules.setdefault(key, (record.where, []))[1].append(frame)
+        if self.locator is None or not modules:
+            return
+
+        files = {}
+        for (module, build_id), (where, _) in sorted(modules.items(), key=lambda kv: kv[0][0]):
+            found = self.locator.find(module, build_id)
+            for problem in found.problems:
+                self.diag.warn(where, problem, lossy=False)
+            if found.path is not None:
+                files[(module, build_id)] = found.path
+            elif module.startswith("/"):
+                # [vdso] and other pseudo-modules have no file to miss.
+                self.diag.warn(where, "%s: no file with %s found; its frames keep the "
+                               "report's symbol" % (module, "build-id " + build_id if build_id
+                                                    else "that path"))
+        if not files:
+            return
+        if self.symbolizer is None:
+            self.diag.warn(None, "neither llvm-symbolizer nor addr2line is installed; "
+                           "frames keep the report's symbol")
+            return
+
+        jobs = {}
+        for key, path in files.items():
+            jobs.setdefault(path, set()).update(f.lookup_offset for f in modules[key][1])
+        answers = self.symbolizer.lookup_many(jobs)
+        for key, path in files.items():
+            answer = answers[path]
+            if isinstance(answer, SymbolizerError):
+                self.diag.warn(modules[key][0], str(answer))
+                continue
+            for frame in modules[key][1]:
+                chain = answer.get(frame.lookup_offset)
+                if chain:
+                    self._resolved[id(frame)] = _from_chain(frame, chain)
+
+
+def _from_report(frame):
+    source = stacks.FROM_REPORT if frame.symbol else None
+    return stacks.Resolved(function=frame.symbol, source=source)
+
+
+def _from_chain(frame, chain):
+    owner = chain[-1]
+    has_lines = any(loc.file for loc in chain)
+    return stacks.Resolved(
+        function=owner.function or frame.symbol,
+        file=owner.file,
+        line=owner.line,
+        inlined=list(chain[:-1]),
+        source=stacks.FROM_DEBUG_INFO if has_lines else stacks.FROM_SYMBOL_TABLE,
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, not argparse's usage dump: the reason and where to look.
+        self.exit(EXIT_USAGE, "%s: %s (see --help)\n" % (PROG, message))
+
+
+def parse_args(argv):
+    p = _Parser(
+        prog=PROG,
+        description="Turn uvstall's JSON Lines stall reports into function, file:line "
+                    "and inlined frames, using the build-ids in the reports to find "
+                    "debug information (also for stripped binaries, on another machine).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="*", metavar="FILE",
+                   help="JSON Lines stall reports; '-' or none reads stdin")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--json", dest="mode", action="store_const", const="json",
+                      help="the records again, each frame enriched with function, file, line "
+                           "and inlined; other records unchanged")
+    mode.add_argument("--summary", dest="mode", action="store_const", const="summary",
+                      help="top culprit functions across all stalls: count, total and max ms")
+    mode.add_argument("--folded", dest="mode", action="store_const", const="folded",
+                      help="collapsed stacks 'a;b;c weight', weighted by stall ms")
+    p.add_argument("--debug-dir", action="append", default=[], metavar="DIR",
+                   help="look for DIR/.build-id/xx/rest.debug (repeatable; searched "
+                        "before /usr/lib/debug)")
+    p.add_argument("--keep-all-frames", action="store_true",
+                   help="--summary/--folded: do not skip frames of the modules in "
+                        "skip-modules.txt (libc, libuv, uvstall, ...)")
+    p.add_argument("--skip-list", metavar="FILE",
+                   help="the skip list to use instead of the installed skip-modules.txt")
+    p.add_argument("--top", type=int, default=20, metavar="N",
+                   help="--summary: show the N worst culprits (default 20, 0 = all)")
+    p.add_argument("--symbolizer", choices=BACKENDS, default="auto",
+                   help="which tool looks addresses up (default: llvm-symbolizer if "
+                        "installed, else addr2line)")
+    p.add_argument("--no-lookup", action="store_true",
+                   help="look nothing up: use only the symbol names in the reports")
+    p.set_defaults(mode="text")
+    return p.parse_args(argv)
+
+
+def _load_skip_list(args, script_dir):
+    candidates = [args.skip_list] if args.skip_list else skiplist.default_paths(script_dir)
+    for path in candidates:
+        try:
+            return skiplist.SkipList.load(path)
+        except FileNotFoundError:
+            if args.skip_list:
+                break
+        except OSError as e:
+            sys.stderr.write("%s: cannot read skip list %s: %s\n" % (PROG, path, e.strerror))
+            sys.exit(EXIT_USAGE)
+    sys.stderr.write("%s: no skip list at %s (pass --skip-list FILE)\n"
+                     % (PROG, " or ".join(candidates)))
+    sys.exit(EXIT_USAGE)
+
+
+def _open_inputs(names):
+    streams = []
+    for name in names or ["-"]:
+        if name == "-":
+            if sys.stdin is None:
+                sys.stderr.write("%s: no standard input to read\n" % PROG)
+                sys.exit(EXIT_USAGE)
+            sys.stdin.reconfigure(encoding="utf-8", errors="replace")
+            streams.append(("<stdin>", sys.stdin))
+            continue
+        try:
+            streams.append((name, open(name, encoding="utf-8", errors="replace")))
+        except OSError as e:
+            sys.stderr.write("%s: cannot read %s: %s\n" % (PROG, name, e.strerror))
+            sys.exit(EXIT_USAGE)
+    return streams
+
+
+def main(argv=None, script_dir=None):
+    # Die quietly like other filters when the reader goes away (| head).
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    script_dir = script_dir or os.path.dirname(os.path.realpath(sys.argv[0]))
+    skip = _load_skip_list(args, script_dir) if args.mode in ("summary", "folded") else None
+    for d in args.debug_dir:
+        if not os.path.isdir(d):
+            sys.stderr.write("%s: --debug-dir %s is not a directory\n" % (PROG, d))
+            return EXIT_USAGE
+    if args.symbolizer != "auto" and not args.no_lookup and Symbolizer.find(args.symbolizer) is None:
+        sys.stderr.write("%s: %s is not installed\n" % (PROG, args.symbolizer))
+        return EXIT_USAGE
+
+    diag = Diagnostics()
+    records = []
+    for name, stream in _open_inputs(args.inputs):
+        records.extend(reports.read(stream, name, diag.bad_line))
+    stalls = [r for r in records if r.is_stall]
+
+    if args.no_lookup:
+        resolver = Resolver(None, None, diag)
+    else:
+        resolver = Resolver(locate.Locator.from_environment(args.debug_dir),
+                            Symbolizer.find(args.symbolizer), diag)
+    resolver.run(stalls)
+    ends = reports.stall_durations(records)
+
+    out = sys.stdout
+    if args.mode == "json":
+        for record in records:
+            out.write(render.json_line(record, resolver) + "\n")
+    elif args.mode == "summary":
+        out.write(render.summary(stalls, resolver, ends, skip, args.keep_all_frames, args.top))
+    elif args.mode == "folded":
+        out.write(render.folded(stalls, resolver, ends, skip, args.keep_all_frames))
+    else:
+        out.write("\n".join(render.text(r, resolver, ends) for r in stalls))
+    out.flush()
+    return EXIT_SKIPPED if diag.lossy else EXIT_OK
