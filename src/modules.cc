@@ -16,7 +16,6 @@
 #include <fstream>
 #include <sstream>
 
-#include "clock.h"
 
 namespace uvstall::internal {
 
@@ -242,6 +241,7 @@ void ModuleTable::refresh_from_loader() {
   std::lock_guard<std::mutex> lock(mu_);
   carry_over(fresh, modules_);
   modules_ = std::move(fresh);
+  no_module_pages_.clear();
 }
 
 void ModuleTable::refresh_from_maps_locked() {
@@ -283,17 +283,20 @@ void ModuleTable::refresh_from_maps_locked() {
 }
 
 std::shared_ptr<Module> ModuleTable::find_locked(uintptr_t addr) {
+  constexpr uintptr_t kPage = 4096;
+  constexpr size_t kMaxNoModulePages = 4096;
   for (int attempt = 0; attempt < 2; ++attempt) {
     for (auto &m : modules_)
       for (const auto &r : m->ranges)
         if (addr >= r.first && addr < r.second) return m;
-    // Unknown address: something was loaded since the last refresh. Re-read
-    // /proc/self/maps (no loader lock), at most once a second, so frames in
-    // JIT code or anonymous memory do not cost a refresh each.
-    const uint64_t now = mono_ns();
-    if (attempt > 0 || now - last_maps_refresh_ns_ < 1000 * kNsPerMs) break;
-    last_maps_refresh_ns_ = now;
+    // Unknown address: something may have been loaded since the last
+    // refresh. Re-read /proc/self/maps (no loader lock), once per page
+    // that turns out to be in no module.
+    const uintptr_t page = addr / kPage;
+    if (attempt > 0 || no_module_pages_.count(page) != 0) break;
     refresh_from_maps_locked();
+    if (no_module_pages_.size() >= kMaxNoModulePages) no_module_pages_.clear();
+    no_module_pages_.insert(page);
   }
   return nullptr;
 }

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 namespace uvstall::internal {
@@ -54,7 +55,10 @@ class ModuleTable {
 
   std::mutex mu_;
   std::vector<std::shared_ptr<Module>> modules_;
-  uint64_t last_maps_refresh_ns_ = 0;
+  // Pages a maps refresh found in no module (JIT code, anonymous memory):
+  // not worth another refresh. Cleared when it grows past a bound and at
+  // each refresh from the loader.
+  std::unordered_set<uintptr_t> no_module_pages_;
 };
 
 // The process-wide table.

@@ -50,15 +50,21 @@ constexpr uint32_t kExitGraceMs = 200;
 // ---- Records ----
 
 void emit(Watch *w, nlohmann::ordered_json record) {
-  note_drops(record, w->counters->unannounced_drops.exchange(0));
+  // Announce the drops since the last record, and forget them only once
+  // this record is queued: an announcement that is itself dropped is
+  // carried by the next one.
+  const uint64_t drops = w->counters->unannounced_drops.load();
+  note_drops(record, drops);
   std::string line;
   try {
     line = record.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
   } catch (...) {
     w->counters->dropped.fetch_add(1);
+    w->counters->unannounced_drops.fetch_add(1);
     return;
   }
-  writer_enqueue(w->out, w->counters, std::move(line));
+  if (writer_enqueue(w->out, w->counters, std::move(line)))
+    w->counters->unannounced_drops.fetch_sub(drops);
 }
 
 // Copies the slot's result and resolves its frames. Caller holds w->mu and
@@ -369,8 +375,9 @@ void sentinel_add(const std::shared_ptr<Watch> &w) {
 }
 
 void watch_stop(Watch *w) {
+  // Not a sign of life: a stall in progress is ended by the stop itself
+  // ("ended_by":"stop"), e.g. when the blocking code calls uvstall_stop.
   const uint64_t now = mono_ns();
-  watch_mark_alive(w, now);
   {
     std::lock_guard<std::mutex> lock(w->mu);
     w->stopped = true;

@@ -150,7 +150,7 @@ int writer_start(uint32_t max_queued) {
   return g_writer_err;
 }
 
-void writer_enqueue(std::shared_ptr<Output> out,
+bool writer_enqueue(std::shared_ptr<Output> out,
                     std::shared_ptr<DeliveryCounters> counters, std::string line) {
   Queue &q = *g_queue;
   {
@@ -158,11 +158,12 @@ void writer_enqueue(std::shared_ptr<Output> out,
     if (q.items.size() < q.cap) {
       q.items.push_back(Item{std::move(out), counters, std::move(line)});
       q.cv.notify_one();
-      return;
+      return true;
     }
   }
   counters->dropped.fetch_add(1, std::memory_order_relaxed);
   counters->unannounced_drops.fetch_add(1, std::memory_order_relaxed);
+  return false;
 }
 
 void writer_drain(uint32_t timeout_ms) {

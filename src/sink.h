@@ -45,9 +45,9 @@ class Output {
 
 // Starts the writer thread (once). Returns 0 or UVSTALL_ETHREAD.
 int writer_start(uint32_t max_queued);
-// Queues a line for `out`; counts a drop when the queue is full. Never blocks
-// for longer than a queue lock held only to push or pop.
-void writer_enqueue(std::shared_ptr<Output> out,
+// Queues a line for `out`; counts a drop (and returns false) when the queue
+// is full. Never blocks for longer than a queue lock held only to push or pop.
+bool writer_enqueue(std::shared_ptr<Output> out,
                     std::shared_ptr<DeliveryCounters> counters, std::string line);
 // Waits up to `timeout_ms` for the queue to empty (process exit).
 void writer_drain(uint32_t timeout_ms);

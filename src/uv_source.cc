@@ -35,7 +35,7 @@ void on_tick(uv_timer_t *t) {
 
 void on_async(uv_async_t *a) {
   auto *h = static_cast<uvstall_t *>(a->data);
-  watch_mark_alive(h->watch.get(), mono_ns());
+  watch_alive(h->watch.get(), mono_ns());
 }
 
 void on_close(uv_handle_t *handle) {

@@ -69,8 +69,11 @@ struct Watch {
 // Wakes the sentinel (async-signal-safe: a sem_post).
 void sentinel_wake();
 
-// Heartbeat source: one beat, on the loop's thread.
-inline void watch_mark_alive(Watch *w, uint64_t now_ns) {
+// Heartbeat source, on the loop's thread: the loop is alive now. Any sign
+// of life is a beat (a stall's end must also move the heartbeat, or the
+// sentinel would see the pre-stall beat and call the next instant a stall).
+inline void watch_alive(Watch *w, uint64_t now_ns) {
+  w->last_beat_ns.store(now_ns, std::memory_order_seq_cst);
   if (w->pending_stall.load(std::memory_order_seq_cst) == 0) return;
   const uint64_t id = w->pending_stall.exchange(0, std::memory_order_seq_cst);
   if (id == 0) return;
@@ -79,10 +82,10 @@ inline void watch_mark_alive(Watch *w, uint64_t now_ns) {
   sentinel_wake();
 }
 
+// One tick of the heartbeat timer.
 inline void watch_beat(Watch *w, uint64_t now_ns) {
-  w->last_beat_ns.store(now_ns, std::memory_order_seq_cst);
   w->ticks.store(w->ticks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  watch_mark_alive(w, now_ns);
+  watch_alive(w, now_ns);
 }
 
 // Creates a watch for the calling thread: resolves options, starts the

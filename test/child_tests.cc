@@ -1,0 +1,191 @@
+// Tests that run a host program (uvstall-test-child) in a process of its
+// own: the real stderr, exit during a stall, process-wide options, and the
+// host's own handlers for our signal.
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <uvstall/uvstall.h>
+
+extern char **environ;
+
+namespace {
+
+struct ChildResult {
+  int status = -1;  // exit status, or 128 + signal
+  std::string out;
+  std::vector<nlohmann::json> records;  // JSON lines of stderr
+  std::vector<std::string> other_err;   // non-JSON stderr lines
+};
+
+std::string slurp(const std::string &path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+ChildResult run_child(const std::vector<std::string> &args) {
+  const char *exe = std::getenv("UVSTALL_TEST_CHILD");
+  REQUIRE_MESSAGE(exe != nullptr, "UVSTALL_TEST_CHILD must name uvstall-test-child");
+  char dir_tmpl[] = "/tmp/uvstall-child-XXXXXX";
+  const std::string dir = mkdtemp(dir_tmpl);
+  const std::string out_path = dir + "/out", err_path = dir + "/err";
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT, 0644);
+  std::vector<std::string> all = {exe};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char *> argv;
+  for (auto &a : all) argv.push_back(const_cast<char *>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid;
+  REQUIRE(posix_spawn(&pid, exe, &fa, nullptr, argv.data(), environ) == 0);
+  posix_spawn_file_actions_destroy(&fa);
+  int st = 0;
+  REQUIRE(waitpid(pid, &st, 0) == pid);
+  ChildResult r;
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  r.out = slurp(out_path);
+  std::istringstream err(slurp(err_path));
+  std::string line;
+  while (std::getline(err, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded()) r.other_err.push_back(line);
+    else r.records.push_back(j);
+  }
+  return r;
+}
+
+std::vector<nlohmann::json> of_type(const ChildResult &r, const std::string &type) {
+  std::vector<nlohmann::json> v;
+  for (const auto &j : r.records)
+    if (j["type"] == type) v.push_back(j);
+  return v;
+}
+
+bool names(const nlohmann::json &stall, const std::string &sym) {
+  for (const auto &f : stall["frames"])
+    if (f["symbol"].is_string() && f["symbol"] == sym) return true;
+  return false;
+}
+
+}  // namespace
+
+TEST_SUITE("child") {
+  TEST_CASE("default output is standard error, one JSON record per line") {
+    auto r = run_child({"stderr"});
+    CHECK(r.status == 0);
+    CHECK(r.out.empty());
+    CHECK(r.other_err.empty());
+    REQUIRE(r.records.size() == 3);
+    CHECK(r.records[0]["type"] == "start");
+    CHECK(r.records[1]["type"] == "stall");
+    CHECK(names(r.records[1], "uvstall_test_busy"));
+    CHECK(r.records[2]["type"] == "stall_end");
+    // The main executable is named by its real path, not "".
+    bool exe_named = false;
+    for (const auto &f : r.records[1]["frames"])
+      exe_named |= f["module"] == r.records[0]["executable"];
+    CHECK(exe_named);
+  }
+
+  TEST_CASE("a host that reuses fd 2 never receives JSON") {
+    char tmpl[] = "/tmp/uvstall-fd2-XXXXXX";
+    const std::string host_file = std::string(mkdtemp(tmpl)) + "/host-stderr";
+    auto r = run_child({"stderr-reused", host_file});
+    CHECK(r.status == 0);
+    CHECK(slurp(host_file) == "host's own line\n");
+    CHECK(of_type(r, "stall").size() == 1);
+  }
+
+  TEST_CASE("a host that exits mid-stall: exit status kept, stall ended by exit") {
+    auto r = run_child({"exit-mid-stall"});
+    CHECK(r.status == 7);
+    auto stalls = of_type(r, "stall");
+    auto ends = of_type(r, "stall_end");
+    REQUIRE(stalls.size() == 1);
+    CHECK(names(stalls[0], "uvstall_test_busy"));
+    REQUIRE(ends.size() == 1);
+    CHECK(ends[0]["ended_by"] == "exit");
+    CHECK(ends[0]["duration_ms"].get<double>() >= 298);
+  }
+
+  TEST_CASE("a host that exits right after a stall: exactly one stall_end") {
+    for (int i = 0; i < 3; ++i) {
+      auto r = run_child({"exit-after-stall"});
+      CHECK(r.status == 0);
+      CHECK(of_type(r, "stall").size() == 1);
+      CHECK(of_type(r, "stall_end").size() == 1);
+    }
+  }
+
+  TEST_CASE("a full queue drops records, counts them and says so later") {
+    auto r = run_child({"drops"});
+    CHECK(r.status == 0);
+    INFO(r.out);
+    CHECK(r.out.find("stalls_while_blocked=4\n") != std::string::npos);
+    unsigned long long stalls = 0, dropped = 0, written = 0, announced = 0;
+    auto at = r.out.find("stalls=");
+    REQUIRE(at != std::string::npos);
+    REQUIRE(std::sscanf(r.out.c_str() + at, "stalls=%llu dropped=%llu written=%llu\nannounced_drops=%llu",
+                        &stalls, &dropped, &written, &announced) == 4);
+    CHECK(stalls == 5);
+    // 1 start + 5 stalls x 2 records; the queue holds 2 while the callback
+    // blocks on the first stall record, so most of the next three stalls'
+    // records drop.
+    CHECK(dropped >= 4);
+    CHECK(written + dropped == 11);
+    CHECK(announced == dropped);
+  }
+
+  TEST_CASE("the host replacing our handler is reported, not crashed into") {
+    auto r = run_child({"handler-replaced"});
+    CHECK(r.status == 0);
+    auto stalls = of_type(r, "stall");
+    REQUIRE(stalls.size() == 1);
+    CHECK(stalls[0]["capture"] == "failed");
+    CHECK(stalls[0]["capture_error"].get<std::string>().find("replaced") != std::string::npos);
+    CHECK(r.out == "host_handler_calls=0\n");
+  }
+
+  TEST_CASE("signals the host sends itself still reach the host's handler") {
+    auto r = run_child({"chain"});
+    CHECK(r.status == 0);
+    auto stalls = of_type(r, "stall");
+    REQUIRE(stalls.size() == 1);
+    CHECK(stalls[0]["capture"] == "ok");
+    CHECK(r.out == "host_handler_calls=1\n");
+  }
+
+  TEST_CASE("a configured signal (SIGUSR2) is used") {
+    auto r = run_child({"sigusr2"});
+    CHECK(r.status == 0);
+    REQUIRE(of_type(r, "start").size() == 1);
+    CHECK(of_type(r, "start")[0]["options"]["signal"] == SIGUSR2);
+    REQUIRE(of_type(r, "stall").size() == 1);
+    CHECK(of_type(r, "stall")[0]["capture"] == "ok");
+  }
+
+  TEST_CASE("unusable signals and queue sizes are refused") {
+    auto r = run_child({"bad-signal"});
+    CHECK(r.status == 0);
+    const std::string want = "rc=" + std::to_string(UVSTALL_ESIGNAL) + "," +
+                             std::to_string(UVSTALL_ESIGNAL) + "," +
+                             std::to_string(UVSTALL_ESIGNAL) + "," +
+                             std::to_string(UVSTALL_EQUEUE) + "\n";
+    CHECK(r.out == want);
+  }
+}

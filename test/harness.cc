@@ -1,0 +1,176 @@
+// Test harness (see harness.h).
+#include "harness.h"
+
+#include <signal.h>
+
+namespace uvt {
+
+std::atomic<uint64_t> g_culprit_end_ns{0};
+
+void Collector::on_report(const char *json, size_t len, void *arg) {
+  auto *self = static_cast<Collector *>(arg);
+  const uint64_t arrived = now_ns();
+  Record r{arrived, nlohmann::json::parse(std::string(json, len))};
+  int block = 0;
+  {
+    std::lock_guard<std::mutex> lock(self->mu_);
+    if (!self->blocked_once_ && self->block_first_stall_ms.load() > 0 &&
+        r.j.value("type", "") == "stall") {
+      self->blocked_once_ = true;
+      block = self->block_first_stall_ms.load();
+    }
+  }
+  if (block > 0) std::this_thread::sleep_for(std::chrono::milliseconds(block));
+  std::lock_guard<std::mutex> lock(self->mu_);
+  self->records_.push_back(std::move(r));
+  self->cv_.notify_all();
+}
+
+std::vector<Record> Collector::of_type(const std::string &type) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<Record> out;
+  for (const auto &r : records_)
+    if (r.j.value("type", "") == type) out.push_back(r);
+  return out;
+}
+
+std::vector<Record> Collector::all() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return records_;
+}
+
+bool Collector::wait_for(const std::function<bool(const std::vector<Record> &)> &pred,
+                         int timeout_ms) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                      [&] { return pred(records_); });
+}
+
+bool Collector::wait_count(const std::string &type, size_t n, int timeout_ms) const {
+  return wait_for(
+      [&](const std::vector<Record> &rs) {
+        size_t c = 0;
+        for (const auto &r : rs) c += r.j.value("type", "") == type;
+        return c >= n;
+      },
+      timeout_ms);
+}
+
+int frame_index(const nlohmann::json &stall, const std::string &symbol) {
+  if (!stall.contains("frames")) return -1;
+  int i = 0;
+  for (const auto &f : stall["frames"]) {
+    if (f["symbol"].is_string() && f["symbol"].get<std::string>() == symbol) return i;
+    ++i;
+  }
+  return -1;
+}
+
+bool frames_name(const nlohmann::json &stall, const std::string &symbol) {
+  return frame_index(stall, symbol) >= 0;
+}
+
+struct WatchedLoop::Task {
+  uv_timer_t timer;
+  std::function<void()> fn;
+};
+
+WatchedLoop::WatchedLoop(std::function<void(uvstall_options_t *)> tweak) {
+  uv_loop_init(&loop);
+  uvstall_options_t o;
+  uvstall_options_init(&o);
+  col.attach(&o);
+  if (tweak) tweak(&o);
+  start_rc = uvstall_start(&loop, &o, &watch);
+}
+
+void WatchedLoop::after(int delay_ms, std::function<void()> fn) {
+  auto *t = new Task;
+  t->fn = std::move(fn);
+  t->timer.data = t;
+  uv_timer_init(&loop, &t->timer);
+  uv_timer_start(&t->timer, [](uv_timer_t *timer) {
+    auto *task = static_cast<Task *>(timer->data);
+    task->fn();
+    uv_close(reinterpret_cast<uv_handle_t *>(timer), nullptr);
+  }, uint64_t(delay_ms), 0);
+  tasks_.push_back(t);
+}
+
+void WatchedLoop::run() { uv_run(&loop, UV_RUN_DEFAULT); }
+
+void WatchedLoop::stop() {
+  if (watch != nullptr) {
+    uvstall_stop(watch);
+    watch = nullptr;
+  }
+  uv_run(&loop, UV_RUN_NOWAIT);
+}
+
+WatchedLoop::~WatchedLoop() {
+  stop();
+  uv_run(&loop, UV_RUN_DEFAULT);  // finish closing the tasks' timers
+  uv_loop_close(&loop);
+  for (auto *t : tasks_) delete t;
+}
+
+void on_thread(const std::function<void()> &body) {
+  std::thread t(body);
+  t.join();
+}
+
+}  // namespace uvt
+
+namespace {
+void mark_end() { uvt::g_culprit_end_ns.store(uvt::now_ns()); }
+}  // namespace
+
+UVSTALL_TEST_CULPRIT void uvstall_test_busy(int ms) {
+  const uint64_t until = uvt::now_ns() + uint64_t(ms) * 1000000u;
+  volatile uint64_t spins = 0;
+  while (uvt::now_ns() < until) spins = spins + 1;
+  mark_end();
+}
+
+UVSTALL_TEST_CULPRIT void uvstall_test_sleep(int ms) {
+  // Absolute deadline in a loop: the capture signal interrupts
+  // clock_nanosleep with EINTR (see the header's note on EINTR).
+  timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  t.tv_sec += ms / 1000;
+  t.tv_nsec += long(ms % 1000) * 1000000L;
+  if (t.tv_nsec >= 1000000000L) {
+    t.tv_sec += 1;
+    t.tv_nsec -= 1000000000L;
+  }
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, nullptr) != 0) {
+  }
+  mark_end();
+}
+
+UVSTALL_TEST_CULPRIT void uvstall_test_pipe_read(int fd) {
+  char c;
+  while (read(fd, &c, 1) < 0) {
+  }
+  mark_end();
+}
+
+UVSTALL_TEST_CULPRIT void uvstall_test_mutex_lock(std::mutex *m) {
+  m->lock();
+  m->unlock();
+  mark_end();
+}
+
+UVSTALL_TEST_CULPRIT void uvstall_test_masked_busy(int sig, int masked_ms, int then_ms) {
+  sigset_t set, old;
+  sigemptyset(&set);
+  sigaddset(&set, sig);
+  pthread_sigmask(SIG_BLOCK, &set, &old);
+  const uint64_t until = uvt::now_ns() + uint64_t(masked_ms) * 1000000u;
+  volatile uint64_t spins = 0;
+  while (uvt::now_ns() < until) spins = spins + 1;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);  // the pending capture runs here
+  const uint64_t until2 = uvt::now_ns() + uint64_t(then_ms) * 1000000u;
+  while (uvt::now_ns() < until2) spins = spins + 1;
+  mark_end();
+}

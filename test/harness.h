@@ -1,0 +1,109 @@
+// Test harness for real stalls on real libuv loops: culprit functions that
+// block in the classic ways, a collector of the records uvstall delivers
+// (with their arrival time), and a loop runner. Culprits are exported and
+// never inlined so their names show up in the captured frames.
+#pragma once
+
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <uv.h>
+#include <uvstall/uvstall.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <ctime>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#define UVSTALL_TEST_CULPRIT extern "C" __attribute__((noinline, visibility("default")))
+
+namespace uvt {
+
+inline uint64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
+}
+
+inline pid_t tid() { return pid_t(syscall(SYS_gettid)); }
+
+// Set by each culprit when it returns: a record that arrived before this
+// was delivered while the loop was still blocked.
+extern std::atomic<uint64_t> g_culprit_end_ns;
+
+// One delivered record.
+struct Record {
+  uint64_t arrived_ns;
+  nlohmann::json j;
+};
+
+// Collects records through on_report (called on uvstall's writer thread).
+class Collector {
+ public:
+  static void on_report(const char *json, size_t len, void *arg);
+  void attach(uvstall_options_t *o) {
+    o->on_report = &Collector::on_report;
+    o->report_arg = this;
+  }
+  std::vector<Record> of_type(const std::string &type) const;
+  std::vector<Record> all() const;
+  // Waits until `pred(records)` holds, up to timeout_ms. Returns pred's value.
+  bool wait_for(const std::function<bool(const std::vector<Record> &)> &pred,
+                int timeout_ms) const;
+  bool wait_count(const std::string &type, size_t n, int timeout_ms) const;
+
+  // When set, the callback blocks this long on the first "stall" record.
+  std::atomic<int> block_first_stall_ms{0};
+
+ private:
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;
+  std::vector<Record> records_;
+  bool blocked_once_ = false;
+};
+
+// True if any frame of the stall record names `symbol`.
+bool frames_name(const nlohmann::json &stall, const std::string &symbol);
+// Index of the first frame naming `symbol`, or -1.
+int frame_index(const nlohmann::json &stall, const std::string &symbol);
+
+// A libuv loop on the calling thread, watched by uvstall with a collector.
+class WatchedLoop {
+ public:
+  explicit WatchedLoop(std::function<void(uvstall_options_t *)> tweak = {});
+  ~WatchedLoop();
+  // Runs fn on the loop (in a timer callback) after `delay_ms`.
+  void after(int delay_ms, std::function<void()> fn);
+  // Runs the loop until every scheduled callback has run.
+  void run();
+  // Stops the watch now (idempotent) and lets libuv close its handles.
+  void stop();
+
+  uv_loop_t loop;
+  uvstall_t *watch = nullptr;
+  Collector col;
+  int start_rc = 0;
+
+ private:
+  struct Task;
+  std::vector<Task *> tasks_;
+};
+
+// Runs `body` on a new thread and joins it.
+void on_thread(const std::function<void()> &body);
+
+}  // namespace uvt
+
+// Culprits: each blocks its thread for real.
+UVSTALL_TEST_CULPRIT void uvstall_test_busy(int ms);
+UVSTALL_TEST_CULPRIT void uvstall_test_sleep(int ms);
+UVSTALL_TEST_CULPRIT void uvstall_test_pipe_read(int fd);
+UVSTALL_TEST_CULPRIT void uvstall_test_mutex_lock(std::mutex *m);
+UVSTALL_TEST_CULPRIT void uvstall_test_masked_busy(int sig, int masked_ms, int then_ms);

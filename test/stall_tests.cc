@@ -1,0 +1,449 @@
+// Real stalls on real libuv loops: busy loop, sleep, blocking pipe read and
+// contended mutex each produce a stall record while the loop is still
+// blocked, naming the culprit, then a stall_end with the right duration.
+//
+// Timing tolerance (noisy 2-core machine): a stall of D ms must be reported
+// with D - 2 <= duration_ms <= D + 30. The lower bound is tight because the
+// measured start is a lower bound of the true start; the upper bound leaves
+// room for scheduling delays of the loop thread after the culprit returns.
+// (Precision itself is measured by bench/, not asserted here.)
+#include <doctest/doctest.h>
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <dirent.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+
+#include "harness.h"
+
+using uvt::Record;
+
+namespace {
+
+constexpr double kEarlyMs = 2;
+constexpr double kLateMs = 30;
+
+// Checks the one stall of a run: reported during the stall, culprit named,
+// stall_end within tolerance.
+void check_single_stall(const uvt::WatchedLoop &wl, const std::string &culprit,
+                        double expected_ms) {
+  REQUIRE(wl.col.wait_count("stall_end", 1, 3000));
+  auto stalls = wl.col.of_type("stall");
+  auto ends = wl.col.of_type("stall_end");
+  REQUIRE(stalls.size() == 1);
+  REQUIRE(ends.size() == 1);
+  const auto &s = stalls[0].j;
+  INFO("stall record: " << s.dump());
+  CHECK(s["capture"] == "ok");
+  CHECK(uvt::frames_name(s, culprit));
+  // Delivered while the culprit was still blocking the loop.
+  CHECK(stalls[0].arrived_ns < uvt::g_culprit_end_ns.load());
+  CHECK(s["blocked_ms"].get<double>() >= 100.0);
+  CHECK(s["blocked_ms"].get<double>() < expected_ms);
+  CHECK(s["tid"] == uvt::tid());
+  CHECK(ends[0].j["stall_id"] == s["stall_id"]);
+  CHECK(ends[0].j["ended_by"] == "loop");
+  const double d = ends[0].j["duration_ms"].get<double>();
+  CHECK(d >= expected_ms - kEarlyMs);
+  CHECK(d <= expected_ms + kLateMs);
+}
+
+size_t open_fds() {
+  size_t n = 0;
+  DIR *d = opendir("/proc/self/fd");
+  while (readdir(d) != nullptr) ++n;
+  closedir(d);
+  return n;
+}
+
+std::string temp_dir() {
+  char tmpl[] = "/tmp/uvstall-test-XXXXXX";
+  return mkdtemp(tmpl);
+}
+
+std::vector<nlohmann::json> read_jsonl(const std::string &path) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+}  // namespace
+
+TEST_SUITE("culprits") {
+  TEST_CASE("a busy loop is reported while it runs, with its stack") {
+    uvt::WatchedLoop wl;
+    REQUIRE(wl.start_rc == 0);
+    wl.after(50, [] { uvstall_test_busy(300); });
+    wl.run();
+    check_single_stall(wl, "uvstall_test_busy", 300);
+    // The culprit is the innermost frame of ours: nothing between it and the
+    // interrupted instruction but the clock call it spins on.
+    CHECK(uvt::frame_index(wl.col.of_type("stall")[0].j, "uvstall_test_busy") <= 3);
+  }
+
+  TEST_CASE("a sleep is reported while it sleeps") {
+    uvt::WatchedLoop wl;
+    wl.after(50, [] { uvstall_test_sleep(300); });
+    wl.run();
+    check_single_stall(wl, "uvstall_test_sleep", 300);
+    auto s = wl.col.of_type("stall")[0].j;
+    CHECK(s["frames"][0]["module"].get<std::string>().find("libc.so") != std::string::npos);
+  }
+
+  TEST_CASE("a blocking read on a pipe is reported while it waits") {
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    std::thread writer([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(350));
+      REQUIRE(write(fds[1], "x", 1) == 1);
+    });
+    uvt::WatchedLoop wl;
+    wl.after(50, [&] { uvstall_test_pipe_read(fds[0]); });
+    wl.run();
+    writer.join();
+    close(fds[0]);
+    close(fds[1]);
+    check_single_stall(wl, "uvstall_test_pipe_read", 300);
+  }
+
+  TEST_CASE("a contended mutex is reported while the loop waits for it") {
+    std::mutex m;
+    std::atomic<bool> held{false};
+    std::thread holder([&] {
+      std::lock_guard<std::mutex> lock(m);
+      held = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(350));
+    });
+    while (!held) std::this_thread::yield();
+    uvt::WatchedLoop wl;
+    wl.after(50, [&] { uvstall_test_mutex_lock(&m); });
+    wl.run();
+    holder.join();
+    check_single_stall(wl, "uvstall_test_mutex_lock", 300);
+  }
+}
+
+TEST_SUITE("detection") {
+  TEST_CASE("an idle loop is never a stall") {
+    uvt::WatchedLoop wl;
+    wl.after(3000, [] {});
+    wl.run();
+    uvstall_stats_t st{};
+    st.struct_size = sizeof st;
+    REQUIRE(uvstall_get_stats(wl.watch, &st) == 0);
+    CHECK(st.stalls == 0);
+    // 3 s at 20 ms is 150 ticks; the loop may run a little late, never idle.
+    CHECK(st.ticks >= 100);
+    CHECK(wl.col.of_type("stall").empty());
+  }
+
+  TEST_CASE("a stall shorter than the threshold is not reported") {
+    uvt::WatchedLoop wl;
+    wl.after(50, [] { uvstall_test_busy(60); });
+    wl.after(200, [] { uvstall_test_busy(60); });
+    wl.after(500, [] {});
+    wl.run();
+    CHECK(wl.col.of_type("stall").empty());
+  }
+
+  TEST_CASE("four loops on four threads: only the stalled one is reported") {
+    std::vector<std::thread> threads;
+    std::vector<std::unique_ptr<uvt::Collector>> cols;
+    std::atomic<pid_t> stalled_tid{0};
+    std::vector<std::string> names = {"quiet-1", "quiet-2", "stalls", "quiet-3"};
+    std::vector<std::vector<Record>> results(4);
+    for (int i = 0; i < 4; ++i) {
+      threads.emplace_back([&, i] {
+        uvt::WatchedLoop wl([&](uvstall_options_t *o) { o->loop_name = names[i].c_str(); });
+        REQUIRE(wl.start_rc == 0);
+        if (i == 2) {
+          wl.after(100, [&] {
+            stalled_tid = uvt::tid();
+            uvstall_test_busy(300);
+          });
+        }
+        wl.after(900, [] {});
+        wl.run();
+        wl.stop();
+        wl.col.wait_count("start", 1, 1000);
+        if (i == 2) wl.col.wait_count("stall_end", 1, 2000);
+        results[i] = wl.col.all();
+      });
+    }
+    for (auto &t : threads) t.join();
+    for (int i = 0; i < 4; ++i) {
+      size_t stalls = 0;
+      for (const auto &r : results[i]) {
+        if (r.j["type"] != "stall") continue;
+        ++stalls;
+        CHECK(r.j["loop"] == "stalls");
+        CHECK(r.j["tid"] == stalled_tid.load());
+        CHECK(uvt::frames_name(r.j, "uvstall_test_busy"));
+      }
+      CHECK(stalls == (i == 2 ? 1u : 0u));
+    }
+  }
+
+  TEST_CASE("a capture that lands late is reported as late, with the stack") {
+    const int sig = SIGRTMAX - 3;  // the default capture signal
+    uvt::WatchedLoop wl;
+    wl.after(50, [&] { uvstall_test_masked_busy(sig, 400, 150); });
+    wl.run();
+    REQUIRE(wl.col.wait_count("stall_end", 1, 3000));
+    auto stalls = wl.col.of_type("stall");
+    REQUIRE(stalls.size() == 2);
+    CHECK(stalls[0].j["capture"] == "timeout");
+    CHECK(stalls[0].j["frames"].empty());
+    CHECK(stalls[0].arrived_ns < uvt::g_culprit_end_ns.load());
+    CHECK(stalls[1].j["capture"] == "late");
+    CHECK(stalls[1].j["stall_id"] == stalls[0].j["stall_id"]);
+    CHECK(uvt::frames_name(stalls[1].j, "uvstall_test_masked_busy"));
+    // Taken when the mask was lifted, ~400 ms into the stall.
+    CHECK(stalls[1].j["blocked_ms"].get<double>() >= 380);
+    const double d = wl.col.of_type("stall_end")[0].j["duration_ms"].get<double>();
+    CHECK(d >= 550 - kEarlyMs);
+    CHECK(d <= 550 + kLateMs);
+  }
+
+  TEST_CASE("several stalls in a row each get their own id and end") {
+    uvt::WatchedLoop wl;
+    for (int i = 0; i < 3; ++i)
+      wl.after(50 + i * 400, [] { uvstall_test_busy(200); });
+    wl.run();
+    REQUIRE(wl.col.wait_count("stall_end", 3, 3000));
+    auto stalls = wl.col.of_type("stall");
+    auto ends = wl.col.of_type("stall_end");
+    REQUIRE(stalls.size() == 3);
+    for (int i = 0; i < 3; ++i) {
+      CHECK(ends[i].j["stall_id"] == stalls[i].j["stall_id"]);
+      if (i > 0) CHECK(stalls[i].j["stall_id"] != stalls[i - 1].j["stall_id"]);
+    }
+  }
+}
+
+TEST_SUITE("lifecycle") {
+  TEST_CASE("stop during a stall ends it with ended_by stop") {
+    uvt::WatchedLoop wl;
+    wl.after(50, [&] {
+      uvstall_test_busy(300);
+      REQUIRE(uvstall_stop(wl.watch) == 0);
+      wl.watch = nullptr;
+      uvstall_test_busy(100);  // no longer watched: not part of the stall
+    });
+    wl.run();
+    REQUIRE(wl.col.wait_count("stall_end", 1, 3000));
+    auto s = wl.col.of_type("stall");
+    auto e = wl.col.of_type("stall_end");
+    REQUIRE(s.size() == 1);
+    REQUIRE(e.size() == 1);
+    CHECK(e[0].j["ended_by"] == "stop");
+    CHECK(e[0].j["duration_ms"].get<double>() >= 300 - kEarlyMs);
+    CHECK(e[0].j["duration_ms"].get<double>() <= 300 + kLateMs);
+  }
+
+  TEST_CASE("start and stop 1000 times: no leaks, the loop still closes") {
+    const size_t fds_before = open_fds();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    uvt::Collector col;
+    uvstall_options_t o;
+    uvstall_options_init(&o);
+    col.attach(&o);
+    int failures = 0;
+    for (int i = 0; i < 1000; ++i) {
+      uvstall_t *w = nullptr;
+      failures += uvstall_start(&loop, &o, &w) != 0;
+      failures += uvstall_stop(w) != 0;
+      uv_run(&loop, UV_RUN_NOWAIT);
+    }
+    CHECK(failures == 0);
+    CHECK(uv_loop_close(&loop) == 0);
+    CHECK(open_fds() == fds_before);
+    CHECK(col.wait_count("start", 1000, 5000));
+  }
+
+  TEST_CASE("a second start on the same loop is refused, the first keeps working") {
+    uvt::WatchedLoop wl;
+    uvstall_t *second = nullptr;
+    CHECK(uvstall_start(&wl.loop, nullptr, &second) == UVSTALL_EALREADY);
+    wl.after(50, [] { uvstall_test_busy(200); });
+    wl.run();
+    CHECK(wl.col.wait_count("stall_end", 1, 3000));
+  }
+
+  TEST_CASE("stop from another thread is refused") {
+    uvt::WatchedLoop wl;
+    int rc = 0;
+    uvt::on_thread([&] { rc = uvstall_stop(wl.watch); });
+    CHECK(rc == UVSTALL_EWRONGTHREAD);
+  }
+
+  TEST_CASE("every invalid option gets its error and leaves nothing behind") {
+    struct Case {
+      const char *what;
+      std::function<void(uvstall_options_t *)> set;
+      int rc;
+    };
+    const Case cases[] = {
+        {"interval 0", [](auto *o) { o->interval_ms = 0; }, UVSTALL_EINTERVAL},
+        {"interval huge", [](auto *o) { o->interval_ms = 3600001; }, UVSTALL_EINTERVAL},
+        {"threshold < 2x interval",
+         [](auto *o) {
+           o->interval_ms = 100;
+           o->threshold_ms = 150;
+         },
+         UVSTALL_ETHRESHOLD},
+        {"threshold huge", [](auto *o) { o->threshold_ms = 3600001; }, UVSTALL_ETHRESHOLD},
+        {"max_frames 0", [](auto *o) { o->max_frames = 0; }, UVSTALL_EMAXFRAMES},
+        {"max_frames 257", [](auto *o) { o->max_frames = 257; }, UVSTALL_EMAXFRAMES},
+        {"capture timeout 0", [](auto *o) { o->capture_timeout_ms = 0; },
+         UVSTALL_ECAPTURETIMEOUT},
+        {"loop name too long",
+         [](auto *o) { o->loop_name = "0123456789012345678901234567890123456789012345678901234567890123"; },
+         UVSTALL_ELOOPNAME},
+        {"unwritable output", [](auto *o) { o->output_path = "/nonexistent-dir/x.jsonl"; },
+         UVSTALL_EOUTPUT},
+        {"empty output path", [](auto *o) { o->output_path = ""; }, UVSTALL_EOUTPUT},
+        {"struct_size 0", [](auto *o) { o->struct_size = 0; }, UVSTALL_ESTRUCT},
+    };
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    for (const auto &c : cases) {
+      INFO(c.what);
+      uvstall_options_t o;
+      uvstall_options_init(&o);
+      c.set(&o);
+      uvstall_t *w = nullptr;
+      CHECK(uvstall_start(&loop, &o, &w) == c.rc);
+      CHECK(w == nullptr);
+      CHECK(std::string(uvstall_strerror(c.rc)).size() > 10);
+    }
+    CHECK(uvstall_start(nullptr, nullptr, nullptr) == UVSTALL_EINVAL);
+    CHECK(uvstall_stop(nullptr) == UVSTALL_EINVAL);
+    // Nothing half-started: no handle of ours on the loop, and a valid start
+    // still works.
+    int handles = 0;
+    uv_walk(&loop, [](uv_handle_t *, void *arg) { ++*static_cast<int *>(arg); }, &handles);
+    CHECK(handles == 0);
+    uvstall_t *w = nullptr;
+    CHECK(uvstall_start(&loop, nullptr, &w) == 0);
+    uvstall_process_options_t p;
+    uvstall_process_options_init(&p);
+    CHECK(uvstall_configure(&p) == UVSTALL_ECONFIGURED);
+    CHECK(uvstall_stop(w) == 0);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK(uv_loop_close(&loop) == 0);
+  }
+
+  TEST_CASE("an older caller's smaller options struct gets defaults for the rest") {
+    uvt::WatchedLoop wl([](uvstall_options_t *o) {
+      // A caller built before report_arg existed would pass this size; the
+      // library must ignore (and default) what lies beyond it.
+      o->struct_size = offsetof(uvstall_options_t, report_arg) + sizeof(void *);
+    });
+    CHECK(wl.start_rc == 0);
+    REQUIRE(wl.col.wait_count("start", 1, 2000));
+    CHECK(wl.col.of_type("start")[0].j["options"]["threshold_ms"] == 100);
+  }
+}
+
+TEST_SUITE("outputs") {
+  TEST_CASE("output to a file, reopened when rotated away") {
+    const std::string dir = temp_dir();
+    const std::string path = dir + "/stalls.jsonl";
+    {
+      uvt::WatchedLoop wl([&](uvstall_options_t *o) {
+        o->on_report = nullptr;
+        o->output_path = path.c_str();
+      });
+      REQUIRE(wl.start_rc == 0);
+      wl.after(50, [] { uvstall_test_busy(200); });
+      wl.after(600, [&] {
+        // logrotate moves the file away; the next records go to a new one.
+        REQUIRE(rename(path.c_str(), (path + ".1").c_str()) == 0);
+      });
+      wl.after(650, [] { uvstall_test_busy(200); });
+      wl.after(1200, [] {});
+      wl.run();
+    }
+    usleep(300000);
+    auto first = read_jsonl(path + ".1");
+    auto second = read_jsonl(path);
+    REQUIRE(first.size() == 3);  // start, stall, stall_end
+    CHECK(first[0]["type"] == "start");
+    CHECK(first[1]["type"] == "stall");
+    CHECK(first[2]["type"] == "stall_end");
+    REQUIRE(second.size() == 2);
+    CHECK(second[0]["type"] == "stall");
+    CHECK(second[1]["type"] == "stall_end");
+    CHECK(uvt::frames_name(second[0], "uvstall_test_busy"));
+  }
+
+  TEST_CASE("callback and file together both receive every record") {
+    const std::string path = temp_dir() + "/both.jsonl";
+    uvt::WatchedLoop wl([&](uvstall_options_t *o) { o->output_path = path.c_str(); });
+    wl.after(50, [] { uvstall_test_busy(200); });
+    wl.run();
+    REQUIRE(wl.col.wait_count("stall_end", 1, 3000));
+    usleep(100000);
+    CHECK(read_jsonl(path).size() == wl.col.all().size());
+  }
+
+  TEST_CASE("a callback that blocks for seconds does not delay detection") {
+    uvt::WatchedLoop wl;
+    // The start record is already delivered; the callback then blocks for
+    // 2 s on the first stall record.
+    wl.col.block_first_stall_ms = 2000;
+    for (int i = 0; i < 3; ++i) wl.after(50 + i * 350, [] { uvstall_test_busy(200); });
+    wl.after(1200, [] {});
+    wl.run();
+    uvstall_stats_t st{};
+    st.struct_size = sizeof st;
+    uvstall_get_stats(wl.watch, &st);
+    // All three detected while the callback was still blocked.
+    CHECK(st.stalls == 3);
+    CHECK(st.reports_written == 1);  // only the start record got through
+    REQUIRE(wl.col.wait_count("stall_end", 3, 5000));
+    for (const auto &r : wl.col.of_type("stall")) CHECK(r.j["capture"] == "ok");
+  }
+}
+
+TEST_SUITE("host") {
+  TEST_CASE("C++ exceptions still work, unwound by libgcc, with uvstall loaded") {
+    uvt::WatchedLoop wl;
+    int caught = 0;
+    wl.after(50, [&] {
+      uvstall_test_busy(200);  // a capture has run on this thread
+      try {
+        throw std::runtime_error("host exception");
+      } catch (const std::runtime_error &e) {
+        caught += std::string(e.what()) == "host exception";
+      }
+    });
+    wl.run();
+    REQUIRE(wl.col.wait_count("stall_end", 1, 3000));
+    CHECK(caught == 1);
+    uvt::on_thread([&] {
+      try {
+        throw 42;
+      } catch (int v) {
+        caught += v == 42;
+      }
+    });
+    CHECK(caught == 2);
+    // The host's unwinder is still libgcc's: libunwind was loaded privately.
+    Dl_info info{};
+    void *raise = dlsym(RTLD_DEFAULT, "_Unwind_RaiseException");
+    REQUIRE(raise != nullptr);
+    REQUIRE(dladdr(raise, &info) != 0);
+    CHECK(std::string(info.dli_fname).find("libgcc_s") != std::string::npos);
+    CHECK(dlsym(RTLD_DEFAULT, "_ULx86_64_step") == nullptr);
+  }
+}
