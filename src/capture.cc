@@ -7,7 +7,7 @@
 //   - writes only the preallocated CaptureSlot of its own thread, found
 //     through a fixed table, after checking the request generation and tid;
 //   - calls only: getpid/gettid (syscalls), clock_gettime (vDSO),
-//     uv_now (reads one field of the loop), sem_post, sigaction and tgkill
+//     sem_post, sigaction and tgkill
 //     (only when chaining to a default action), and libunwind's
 //     unw_init_local2 / unw_get_reg / unw_step for the local address space;
 //   - never calls malloc, stdio, dladdr, unw_get_proc_name, C++ exceptions,
@@ -51,7 +51,7 @@ namespace uvstall::internal {
 namespace {
 
 // The table the handler searches. Entries are written (release) by
-// capture_acquire/capture_release under g_pool_mu and read (acquire) by the
+// capture_acquire/capture_release under g_pool->mu and read (acquire) by the
 // handler; the slots they point to are never freed.
 constexpr int kMaxSlots = 4096;
 std::atomic<CaptureSlot *> g_table[kMaxSlots];
@@ -73,7 +73,7 @@ using GetRegFn = int (*)(unw_cursor_t *, unw_regnum_t, unw_word_t *);
 InitLocal2Fn g_init_local2 = nullptr;
 StepFn g_step = nullptr;
 GetRegFn g_get_reg = nullptr;
-std::string g_unwinder_problem;
+std::string *g_unwinder_problem = new std::string;  // never destroyed
 
 std::atomic<uint64_t> g_stale{0};
 std::atomic<uint64_t> g_next_gen{0};
@@ -154,7 +154,6 @@ void on_signal(int sig, siginfo_t *info, void *uc) {
     return;
   }
   slot->t_enter_ns = mono_ns();
-  slot->loop_time_ms = slot->loop != nullptr ? uv_now(slot->loop) : 0;
   unwind_into(slot, uc);
   slot->t_exit_ns = mono_ns();
   slot->done_gen.store(gen, std::memory_order_release);
@@ -164,16 +163,21 @@ void on_signal(int sig, siginfo_t *info, void *uc) {
 
 // ---- Not signal-safe from here on: start-up, the sentinel, the pool. ----
 
-std::mutex g_pool_mu;
-std::vector<CaptureSlot *> g_free;  // released slots, reused first
-int g_used = 0;                     // table entries ever handed out
+// The slot pool. A heap object never destroyed: the sentinel may still use
+// it while static destructors run at exit.
+struct Pool {
+  std::mutex mu;
+  std::vector<CaptureSlot *> free;  // released slots, reused first
+  int used = 0;                     // table entries ever handed out
+};
+Pool *g_pool = new Pool;
 
 void load_unwinder() {
   // RTLD_LOCAL keeps libunwind's _Unwind_* out of the global scope (see top).
   void *lib = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
   if (lib == nullptr) {
     const char *e = dlerror();
-    g_unwinder_problem = std::string("cannot load libunwind.so.8: ") + (e ? e : "?");
+    *g_unwinder_problem = std::string("cannot load libunwind.so.8: ") + (e ? e : "?");
     return;
   }
   auto init = reinterpret_cast<InitLocal2Fn>(dlsym(lib, UVSTALL_STR_(unw_init_local2)));
@@ -185,7 +189,7 @@ void load_unwinder() {
   auto as = static_cast<unw_addr_space_t *>(
       dlsym(lib, UVSTALL_STR_(unw_local_addr_space)));
   if (!init || !step || !get_reg || !policy || !as) {
-    g_unwinder_problem = "libunwind.so.8 lacks unw_init_local2 (need libunwind >= 1.3)";
+    *g_unwinder_problem = "libunwind.so.8 lacks unw_init_local2 (need libunwind >= 1.3)";
     return;
   }
   // Per-thread caches: no lock inside the handler (see the contract).
@@ -202,7 +206,7 @@ const char *capture_error_text(int32_t err) {
     case kCaptureOk:
       return "";
     case kCaptureNoUnwinder:
-      return g_unwinder_problem.c_str();
+      return g_unwinder_problem->c_str();
     case kCaptureInitFailed:
       return "libunwind could not start from the signal context";
     default:
@@ -210,7 +214,7 @@ const char *capture_error_text(int32_t err) {
   }
 }
 
-const std::string &capture_unwinder_problem() { return g_unwinder_problem; }
+const std::string &capture_unwinder_problem() { return *g_unwinder_problem; }
 
 int capture_init(int sig, sem_t *wake) {
   load_unwinder();
@@ -228,26 +232,25 @@ int capture_init(int sig, sem_t *wake) {
   return 0;
 }
 
-int capture_acquire(uv_loop_t *loop, uint32_t max_frames) {
-  std::lock_guard<std::mutex> lock(g_pool_mu);
+int capture_acquire(uint32_t max_frames) {
+  std::lock_guard<std::mutex> lock(g_pool->mu);
   CaptureSlot *slot = nullptr;
   int index = -1;
-  if (!g_free.empty()) {
-    slot = g_free.back();
-    g_free.pop_back();
-    for (int i = 0; i < g_used; ++i) {
+  if (!g_pool->free.empty()) {
+    slot = g_pool->free.back();
+    g_pool->free.pop_back();
+    for (int i = 0; i < g_pool->used; ++i) {
       if (g_table[i].load(std::memory_order_relaxed) == nullptr) {
         index = i;
         break;
       }
     }
-  } else if (g_used < kMaxSlots) {
+  } else if (g_pool->used < kMaxSlots) {
     slot = new CaptureSlot;
-    index = g_used++;
+    index = g_pool->used++;
   }
   if (slot == nullptr) return -1;
   slot->tid = pid_t(syscall(SYS_gettid));
-  slot->loop = loop;
   slot->max_frames = max_frames;
   slot->request_gen.store(0, std::memory_order_relaxed);
   slot->done_gen.store(0, std::memory_order_relaxed);
@@ -261,14 +264,14 @@ CaptureSlot *capture_slot(int index) {
 }
 
 void capture_release(int index) {
-  std::lock_guard<std::mutex> lock(g_pool_mu);
+  std::lock_guard<std::mutex> lock(g_pool->mu);
   CaptureSlot *slot = g_table[index].load(std::memory_order_relaxed);
   if (slot == nullptr) return;
   // A handler already running for this slot finishes writing a slot that
   // nobody will read; one that starts later sees the table entry gone.
   slot->request_gen.store(0, std::memory_order_release);
   g_table[index].store(nullptr, std::memory_order_release);
-  g_free.push_back(slot);
+  g_pool->free.push_back(slot);
 }
 
 void capture_warm_thread() {

@@ -6,7 +6,6 @@
 
 #include <sys/types.h>
 #include <semaphore.h>
-#include <uv.h>
 
 #include <atomic>
 #include <cstdint>
@@ -32,7 +31,6 @@ struct CaptureSlot {
   // slot is published in the table (release); the handler reads them after
   // an acquire load of the table entry, so it sees them complete.
   pid_t tid = 0;
-  uv_loop_t *loop = nullptr;    // for uv_now() (a plain field read); may be null
   uint32_t max_frames = kDefaultMaxFrames;
 
   // Request: the sentinel stores the generation it is about to signal for
@@ -44,7 +42,6 @@ struct CaptureSlot {
   // done_gen equal to its request.
   uint64_t t_enter_ns = 0;      // CLOCK_MONOTONIC at handler entry
   uint64_t t_exit_ns = 0;       // ... and when the stack was complete
-  uint64_t loop_time_ms = 0;    // uv_now(loop) at entry: the loop's clock
   uint32_t nframes = 0;
   int32_t error = kCaptureOk;
   bool truncated = false;       // more frames than max_frames
@@ -61,7 +58,7 @@ const std::string &capture_unwinder_problem();
 
 // Takes a slot for the calling thread (its tid) and publishes it. Returns its
 // index, or -1 when every slot is in use.
-int capture_acquire(uv_loop_t *loop, uint32_t max_frames);
+int capture_acquire(uint32_t max_frames);
 CaptureSlot *capture_slot(int index);
 // Gives a slot back; a request still in flight for it is ignored on arrival.
 void capture_release(int index);

@@ -71,11 +71,6 @@ void emit(Watch *w, nlohmann::ordered_json record) {
 // has seen done_gen == gen.
 void fill_from_capture(Watch *w, StallSample *s) {
   CaptureSlot *slot = capture_slot(w->slot);
-  const uint64_t loop_ns = slot->loop_time_ms * kNsPerMs;
-  // The loop's clock (read in the handler) bounds the start of the blocking
-  // better than the last beat: it moves at each loop iteration.
-  if (loop_ns > w->s.start_bound_ns && loop_ns <= slot->t_enter_ns)
-    w->s.start_bound_ns = loop_ns;
   s->blocked_ns = slot->t_enter_ns - std::min(w->s.start_bound_ns, slot->t_enter_ns);
   s->handler_us = double(slot->t_exit_ns - slot->t_enter_ns) / 1000.0;
   s->truncated = slot->truncated;
@@ -131,6 +126,16 @@ uint64_t begin_stall(Watch *w, uint64_t now) {
   std::string problem;
   {
     std::lock_guard<std::mutex> lock(w->mu);
+    // The loop's cached clock bounds the start of the blocking better than
+    // the last beat: libuv updates it at each iteration and after each poll,
+    // so it is at most the start of the callback that blocks. Read from this
+    // thread while the loop is blocked (an aligned 64-bit field the loop
+    // thread does not write until it runs again); libuv's clock may be
+    // CLOCK_MONOTONIC_COARSE, never ahead of ours.
+    if (w->loop != nullptr && !w->stopped) {
+      const uint64_t loop_ns = uv_now(w->loop) * kNsPerMs;
+      if (loop_ns > beat && loop_ns <= now) w->s.start_bound_ns = loop_ns;
+    }
     // Wake the loop so its first sign of life after the stall is seen at
     // once, not one interval later (libuv polls with a stale timeout).
     if (w->async != nullptr) uv_async_send(w->async);
@@ -146,7 +151,7 @@ uint64_t begin_stall(Watch *w, uint64_t now) {
   }
   if (!problem.empty()) {
     StallSample s = new_sample(w);
-    s.blocked_ns = now - beat;
+    s.blocked_ns = now - w->s.start_bound_ns;
     s.capture = "failed";
     s.capture_error = problem;
     emit(w, stall_record(w->who, wall_ns(), s));
@@ -346,7 +351,7 @@ int watch_create(const uvstall_options_t *opts, uv_loop_t *loop,
   }
   w->out = Output::open(cfg, &rc);
   if (w->out == nullptr) return rc;
-  w->slot = capture_acquire(loop, cfg.max_frames);
+  w->slot = capture_acquire(cfg.max_frames);
   if (w->slot < 0) return UVSTALL_ELIMIT;
   uint64_t number;
   {

@@ -23,7 +23,9 @@
  *     uv_run(loop, UV_RUN_NOWAIT);             // lets libuv finish closing them
  *     uv_loop_close(loop);
  *
- * Build with `pkg-config --cflags --libs uvstall`.
+ * Build with `pkg-config --cflags --libs uvstall`. Like <uv.h>, which it
+ * includes, this header needs POSIX types: with a strict -std=c11, define
+ * _POSIX_C_SOURCE 200809L (or use -std=gnu11) before including it.
  *
  * Rules that hold for every function here:
  *   - Errors are negative `int` codes; uvstall_strerror() names the field and
