@@ -278,6 +278,22 @@ TEST_SUITE("lifecycle") {
     CHECK(wl.col.wait_count("stall_end", 1, 3000));
   }
 
+  TEST_CASE("uv_loop_close with a watch still started is UV_EBUSY, not a crash") {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    uvt::Collector col;
+    uvstall_options_t o;
+    uvstall_options_init(&o);
+    col.attach(&o);
+    uvstall_t *w = nullptr;
+    REQUIRE(uvstall_start(&loop, &o, &w) == 0);
+    CHECK(uv_loop_close(&loop) == UV_EBUSY);
+    CHECK(uvstall_stop(w) == 0);
+    CHECK(uv_loop_close(&loop) == UV_EBUSY);  // closing needs one more loop run
+    uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK(uv_loop_close(&loop) == 0);
+  }
+
   TEST_CASE("stop from another thread is refused") {
     uvt::WatchedLoop wl;
     int rc = 0;
