@@ -134,6 +134,7 @@ nlohmann::ordered_json stall_record(const LoopIdentity &who, uint64_t wall_ns, c
     frames.push_back(std::move(fr));
   }
   r["frames"] = std::move(frames);
+  if (!s.lang_frames.is_null()) r["lang_frames"] = s.lang_frames;
   return r;
 }
 

@@ -48,6 +48,9 @@ struct StallSample {
   double handler_us = -1;      // < 0: not captured
   bool truncated = false;
   std::vector<ResolvedFrame> frames;
+  // Interpreter frames of the stalled thread ("lang_frames"), innermost
+  // first; null when the thread runs no interpreter uvstall can read.
+  nlohmann::ordered_json lang_frames;
 };
 nlohmann::ordered_json stall_record(const LoopIdentity &who, uint64_t wall_ns, const StallSample &s);
 

@@ -92,6 +92,16 @@ StallSample new_sample(Watch *w) {
   return s;
 }
 
+// Emits a stall sample, with the stalled thread's interpreter frames when
+// the watch has a source for them (taken now, from this thread).
+void emit_stall(Watch *w, StallSample &s) {
+  if (w->lang != nullptr) {
+    std::lock_guard<std::mutex> lock(w->mu);
+    if (!w->stopped) s.lang_frames = w->lang->dump();
+  }
+  emit(w, stall_record(w->who, wall_ns(), s));
+}
+
 void emit_end(Watch *w, uint64_t end_ns, const char *ended_by) {
   const uint64_t dur = end_ns - std::min(end_ns, w->s.start_bound_ns);
   w->stalled_ns_total.fetch_add(dur, std::memory_order_relaxed);
@@ -154,7 +164,7 @@ uint64_t begin_stall(Watch *w, uint64_t now) {
     s.blocked_ns = now - w->s.start_bound_ns;
     s.capture = "failed";
     s.capture_error = problem;
-    emit(w, stall_record(w->who, wall_ns(), s));
+    emit_stall(w, s);
     w->s.phase = SentinelState::kStalled;
     return now + kForeverNs;
   }
@@ -219,7 +229,7 @@ uint64_t step(Watch *w, uint64_t now, bool exiting) {
                                     "(signal blocked, or an uninterruptible system call)";
       st.awaiting_late = !stopped && !exiting;
     }
-    emit(w, stall_record(w->who, wall_ns(), s));
+    emit_stall(w, s);
     st.phase = SentinelState::kStalled;
   }
 
@@ -232,7 +242,7 @@ uint64_t step(Watch *w, uint64_t now, bool exiting) {
       fill_from_capture(w, &s);
       if (std::string(s.capture) == "ok") s.capture = "late";
       st.awaiting_late = false;
-      emit(w, stall_record(w->who, wall_ns(), s));
+      emit_stall(w, s);
     }
   }
   if (ended) {
@@ -363,6 +373,7 @@ int watch_create(const uvstall_options_t *opts, uv_loop_t *loop,
   w->who.tid = pid_t(syscall(SYS_gettid));
   w->who.loop = w->cfg.loop_name.empty() ? "loop-" + std::to_string(number) : w->cfg.loop_name;
   w->signal = sig;
+  w->lang = lang_frames_for_current_thread();
   capture_warm_thread();
   modules().refresh_from_loader();
   *out = std::move(w);

@@ -17,6 +17,18 @@
 
 namespace uvstall::internal {
 
+// Frames of an interpreter running on the watched thread (CPython today),
+// read by the sentinel while the thread is stalled.
+class LangFrames {
+ public:
+  virtual ~LangFrames() = default;
+  // An array of {"lang","function","file","line"}, innermost first; null
+  // when nothing could be read. Called on the sentinel, never concurrently.
+  virtual nlohmann::ordered_json dump() = 0;
+};
+// A reader for the calling thread's interpreter, or null (src/lang_python.cc).
+std::shared_ptr<LangFrames> lang_frames_for_current_thread();
+
 // Sentinel-only bookkeeping of one watch (touched by no other thread).
 struct SentinelState {
   enum Phase { kIdle, kCapturing, kStalled } phase = kIdle;
@@ -35,6 +47,7 @@ struct Watch {
   uv_loop_t *loop = nullptr;      // null for heartbeat sources without libuv
   int slot = -1;                  // capture slot index
   int signal = 0;                 // the capture signal, for the start record
+  std::shared_ptr<LangFrames> lang;  // null: no interpreter frames
   std::shared_ptr<Output> out;
   std::shared_ptr<DeliveryCounters> counters = std::make_shared<DeliveryCounters>();
 

@@ -465,3 +465,43 @@ TEST_SUITE("host") {
     CHECK(dlsym(RTLD_DEFAULT, "_ULx86_64_step") == nullptr);
   }
 }
+
+TEST_SUITE("external heartbeat") {
+  // A loop that is not libuv: it beats from its own "timer" every 20 ms.
+  TEST_CASE("a non-libuv loop beating uvstall_beat gets the same reports") {
+    uvt::Collector col;
+    uvstall_options_t o;
+    uvstall_options_init(&o);
+    col.attach(&o);
+    uvt::on_thread([&] {
+      uvstall_t *h = nullptr;
+      REQUIRE(uvstall_start_external(&o, &h) == 0);
+      uvstall_t *again = nullptr;
+      CHECK(uvstall_start_external(&o, &again) == UVSTALL_EALREADY);
+      uv_loop_t loop;
+      uv_loop_init(&loop);
+      CHECK(uvstall_start(&loop, &o, &again) == UVSTALL_EALREADY);  // same thread
+      uv_loop_close(&loop);
+      const uint64_t until = uvt::now_ns() + 1200000000ull;
+      bool stalled = false;
+      while (uvt::now_ns() < until) {
+        uvstall_beat(h);
+        if (!stalled && uvt::now_ns() + 900000000ull > until) {
+          stalled = true;
+          uvstall_test_busy(300);
+        }
+        uvstall_test_sleep(20);
+      }
+      CHECK(uvstall_stop(h) == 0);
+    });
+    REQUIRE(col.wait_count("stall_end", 1, 3000));
+    auto stalls = col.of_type("stall");
+    REQUIRE(stalls.size() == 1);
+    CHECK(stalls[0].j["capture"] == "ok");
+    CHECK(uvt::frames_name(stalls[0].j, "uvstall_test_busy"));
+    // The end is the first beat after the stall: up to one interval late.
+    const double d = col.of_type("stall_end")[0].j["duration_ms"].get<double>();
+    CHECK(d >= 300 - kEarlyMs);
+    CHECK(d <= 300 + 20 + kLateMs);
+  }
+}

@@ -172,6 +172,19 @@ UVSTALL_EXTERN int uvstall_start(uv_loop_t *loop, const uvstall_options_t *opts,
  * uv_loop_close succeeds. The handle is invalid after this returns 0. */
 UVSTALL_EXTERN int uvstall_stop(uvstall_t *h);
 
+/* Starts watching a loop that is not a libuv loop (asyncio, a private copy
+ * of libuv...): call on the loop's thread, then call uvstall_beat() from that
+ * loop every interval_ms. Everything else (sentinel, capture, reports,
+ * stats, uvstall_stop) is the same. A thread is watched at most once: this
+ * returns UVSTALL_EALREADY if the thread already has a watch (of either
+ * kind). A stall's end is the first beat after it, so its duration may be
+ * overstated by up to one interval. */
+UVSTALL_EXTERN int uvstall_start_external(const uvstall_options_t *opts, uvstall_t **out);
+
+/* One heartbeat of an external watch, from its loop's thread. Cheap: a
+ * clock read and atomic stores; no lock, no system call. */
+UVSTALL_EXTERN void uvstall_beat(uvstall_t *h);
+
 /* Fills *out (out->struct_size must be set). Any thread. */
 UVSTALL_EXTERN int uvstall_get_stats(const uvstall_t *h, uvstall_stats_t *out);
 

@@ -1,0 +1,71 @@
+// Public functions shared by every heartbeat source (stop, stats) and the
+// attach registry (see handle.h).
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <map>
+#include <mutex>
+#include <set>
+
+#include "handle.h"
+
+namespace uvstall::internal {
+namespace {
+
+struct Registry {
+  std::mutex mu;
+  std::set<uv_loop_t *> loops;
+  std::map<pid_t, int> uv_watches;        // per thread
+  std::set<pid_t> external_threads;
+};
+Registry *g_reg = new Registry;  // never destroyed (exit-safe)
+
+}  // namespace
+
+int attach_claim(uv_loop_t *loop, pid_t tid) {
+  std::lock_guard<std::mutex> lock(g_reg->mu);
+  if (g_reg->external_threads.count(tid) != 0) return UVSTALL_EALREADY;
+  if (loop == nullptr) {
+    if (g_reg->uv_watches.count(tid) != 0) return UVSTALL_EALREADY;
+    g_reg->external_threads.insert(tid);
+    return 0;
+  }
+  if (!g_reg->loops.insert(loop).second) return UVSTALL_EALREADY;
+  ++g_reg->uv_watches[tid];
+  return 0;
+}
+
+void attach_release(uv_loop_t *loop, pid_t tid) {
+  std::lock_guard<std::mutex> lock(g_reg->mu);
+  if (loop == nullptr) {
+    g_reg->external_threads.erase(tid);
+    return;
+  }
+  g_reg->loops.erase(loop);
+  auto it = g_reg->uv_watches.find(tid);
+  if (it != g_reg->uv_watches.end() && --it->second == 0) g_reg->uv_watches.erase(it);
+}
+
+}  // namespace uvstall::internal
+
+extern "C" int uvstall_stop(uvstall_t *h) {
+  using namespace uvstall::internal;
+  if (h == nullptr) return UVSTALL_EINVAL;
+  Watch *w = h->watch.get();
+  if (pid_t(syscall(SYS_gettid)) != w->who.tid) return UVSTALL_EWRONGTHREAD;
+  watch_stop(w);
+  attach_release(h->external ? nullptr : w->loop, w->who.tid);
+  if (h->external) {
+    delete h;
+  } else {
+    uv_source_stop(h);
+  }
+  return 0;
+}
+
+extern "C" int uvstall_get_stats(const uvstall_t *h, uvstall_stats_t *out) {
+  if (h == nullptr || out == nullptr || out->struct_size < sizeof(size_t) + sizeof(uint64_t))
+    return UVSTALL_EINVAL;
+  uvstall::internal::watch_stats(h->watch.get(), out);
+  return 0;
+}
