@@ -1,8 +1,8 @@
 """Python side of uvstall: reading stall reports and naming their culprits.
 
-Used by tools/symbolize (installed as uvstall-symbolize) and meant for the
-report viewer too, so that both read reports, skip modules and blame code
-the same way. Standard library only.
+Used by tools/symbolize (installed as uvstall-symbolize) and by
+tools/uvstall-report, so that both read reports, skip modules and blame
+code the same way. Standard library only.
 
   reports     JSON Lines records, validated, with their input line numbers
   skiplist    tools/skip-modules.txt: modules never blamed for a stall
@@ -11,4 +11,6 @@ the same way. Standard library only.
   symbolizer  llvm-symbolizer / addr2line, batched per file
   stacks      symbolized frames and the choice of a stall's culprit
   render      text, JSON Lines, summary and folded output
+  report_*    uvstall-report: the page's data (report_model), its assembly
+              (report_page, with report_page.html/.css/.js) and command line
 """

@@ -142,8 +142,31 @@ def parse_lang_frame(index, raw):
     )
 
 
-def parse_line(where, text):
-    """Returns the Record for one input line; raises BadLine."""
+def _parse_frames(frames, cache):
+    if cache is None:
+        return [parse_frame(i, f) for i, f in enumerate(frames)]
+    out = []
+    for i, raw in enumerate(frames):
+        try:
+            key = (i, tuple(raw.items()))
+            frame = cache.get(key)
+        except (AttributeError, TypeError):  # not an object, or unhashable values
+            key, frame = None, None
+        if frame is None:
+            frame = parse_frame(i, raw)
+            if key is not None:
+                cache[key] = frame
+        out.append(frame)
+    return out
+
+
+def parse_line(where, text, frame_cache=None):
+    """Returns the Record for one input line; raises BadLine.
+
+    With a frame_cache (a dict kept across calls), frames that are the same
+    in every field are parsed once and shared between records: long logs
+    repeat the same stacks, and parsing frames is most of the reading time.
+    Shared Frames must then be treated as read-only."""
     try:
         obj = json.loads(text)
     except ValueError as e:
@@ -155,7 +178,7 @@ def parse_line(where, text):
         frames = obj.get("frames")
         if not isinstance(frames, list):
             raise BadLine("stall record without a 'frames' list")
-        record.frames = [parse_frame(i, f) for i, f in enumerate(frames)]
+        record.frames = _parse_frames(frames, frame_cache)
         lang = obj.get("lang_frames")
         if lang is not None:
             if not isinstance(lang, list):
@@ -164,16 +187,17 @@ def parse_line(where, text):
     return record
 
 
-def read(stream, name, on_bad):
+def read(stream, name, on_bad, frame_cache=None):
     """Yields the Records of one input stream. Blank lines are ignored; for a
-    bad line, on_bad(where, reason) is called and the line is left out."""
+    bad line, on_bad(where, reason) is called and the line is left out.
+    frame_cache: see parse_line."""
     for number, text in enumerate(stream, 1):
         text = text.rstrip("\r\n")
         if not text.strip():
             continue
         where = "%s:%d" % (name, number)
         try:
-            yield parse_line(where, text)
+            yield parse_line(where, text, frame_cache)
         except BadLine as e:
             on_bad(where, str(e))
 

@@ -51,13 +51,14 @@ exit status:
 class Diagnostics:
     """One-line warnings on stderr; remembers whether anything was lost."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, prog=PROG):
         self.stream = stream or sys.stderr
+        self.prog = prog
         self.lossy = False
 
     def warn(self, where, message, lossy=True):
         self.lossy = self.lossy or lossy
-        prefix = "%s: %s: " % (PROG, where) if where else "%s: " % PROG
+        prefix = "%s: %s: " % (self.prog, where) if where else "%s: " % self.prog
         self.stream.write(prefix + message + "\n")
 
     def bad_line(self, where, reason):
@@ -78,13 +79,14 @@ class Resolver:
         return self._resolved.get(id(frame)) or _from_report(frame)
 
     def run(self, stalls):
-        # Each distinct (module, build-id), with the first line naming it.
+        # Each distinct (module, build-id), with the first line naming it
+        # and its frames (once each: records may share Frame objects).
         modules = {}
         for record in stalls:
             for frame in record.frames:
                 if frame.module and frame.lookup_offset is not None and frame.lookup_offset >= 0:
                     key = (frame.module, frame.build_id)
-                    modules.setdefault(key, (record.where, []))[1].append(frame)
+                    modules.setdefault(key, (record.where, {}))[1][id(frame)] = frame
         if self.locator is None or not modules:
             return
 
@@ -109,14 +111,14 @@ class Resolver:
 
         jobs = {}
         for key, path in files.items():
-            jobs.setdefault(path, set()).update(f.lookup_offset for f in modules[key][1])
+            jobs.setdefault(path, set()).update(f.lookup_offset for f in modules[key][1].values())
         answers = self.symbolizer.lookup_many(jobs)
         for key, path in files.items():
             answer = answers[path]
             if isinstance(answer, SymbolizerError):
                 self.diag.warn(modules[key][0], str(answer))
                 continue
-            for frame in modules[key][1]:
+            for frame in modules[key][1].values():
                 chain = answer.get(frame.lookup_offset)
                 if chain:
                     self._resolved[id(frame)] = _from_chain(frame, chain)
@@ -139,14 +141,51 @@ def _from_chain(frame, chain):
     )
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message):
         # One line, not argparse's usage dump: the reason and where to look.
-        self.exit(EXIT_USAGE, "%s: %s (see --help)\n" % (PROG, message))
+        self.exit(EXIT_USAGE, "%s: %s (see --help)\n" % (self.prog, message))
+
+
+def add_lookup_arguments(p):
+    """The options that say how frames are looked up and blamed; shared
+    with uvstall-report so both tools take the same ones."""
+    p.add_argument("--debug-dir", action="append", default=[], metavar="DIR",
+                   help="look for DIR/.build-id/xx/rest.debug (repeatable; searched "
+                        "before /usr/lib/debug)")
+    p.add_argument("--skip-list", metavar="FILE",
+                   help="the skip list to use instead of the installed skip-modules.txt")
+    p.add_argument("--symbolizer", choices=BACKENDS, default="auto",
+                   help="which tool looks addresses up (default: llvm-symbolizer if "
+                        "installed, else addr2line)")
+    p.add_argument("--no-lookup", action="store_true",
+                   help="look nothing up: use only the symbol names in the reports")
+
+
+def check_lookup_arguments(args, prog=PROG):
+    """Returns EXIT_USAGE after one line on stderr when the lookup options
+    cannot work, else None."""
+    for d in args.debug_dir:
+        if not os.path.isdir(d):
+            sys.stderr.write("%s: --debug-dir %s is not a directory\n" % (prog, d))
+            return EXIT_USAGE
+    if args.symbolizer != "auto" and not args.no_lookup and Symbolizer.find(args.symbolizer) is None:
+        sys.stderr.write("%s: %s is not installed\n" % (prog, args.symbolizer))
+        return EXIT_USAGE
+    return None
+
+
+def make_resolver(args, diag):
+    """The Resolver the lookup options ask for (one that looks nothing up
+    for --no-lookup)."""
+    if args.no_lookup:
+        return Resolver(None, None, diag)
+    return Resolver(locate.Locator.from_environment(args.debug_dir),
+                    Symbolizer.find(args.symbolizer), diag)
 
 
 def parse_args(argv):
-    p = _Parser(
+    p = Parser(
         prog=PROG,
         description="Turn uvstall's JSON Lines stall reports into function, file:line "
                     "and inlined frames, using the build-ids in the reports to find "
@@ -164,26 +203,19 @@ def parse_args(argv):
                       help="top culprit functions across all stalls: count, total and max ms")
     mode.add_argument("--folded", dest="mode", action="store_const", const="folded",
                       help="collapsed stacks 'a;b;c weight', weighted by stall ms")
-    p.add_argument("--debug-dir", action="append", default=[], metavar="DIR",
-                   help="look for DIR/.build-id/xx/rest.debug (repeatable; searched "
-                        "before /usr/lib/debug)")
+    add_lookup_arguments(p)
     p.add_argument("--keep-all-frames", action="store_true",
                    help="--summary/--folded: do not skip frames of the modules in "
                         "skip-modules.txt (libc, libuv, uvstall, ...)")
-    p.add_argument("--skip-list", metavar="FILE",
-                   help="the skip list to use instead of the installed skip-modules.txt")
     p.add_argument("--top", type=int, default=20, metavar="N",
                    help="--summary: show the N worst culprits (default 20, 0 = all)")
-    p.add_argument("--symbolizer", choices=BACKENDS, default="auto",
-                   help="which tool looks addresses up (default: llvm-symbolizer if "
-                        "installed, else addr2line)")
-    p.add_argument("--no-lookup", action="store_true",
-                   help="look nothing up: use only the symbol names in the reports")
     p.set_defaults(mode="text")
     return p.parse_args(argv)
 
 
-def _load_skip_list(args, script_dir):
+def load_skip_list(args, script_dir, prog=PROG):
+    """The skip list of --skip-list, else the one beside the script or
+    installed; exits with EXIT_USAGE and one line when there is none."""
     candidates = [args.skip_list] if args.skip_list else skiplist.default_paths(script_dir)
     for path in candidates:
         try:
@@ -192,19 +224,21 @@ def _load_skip_list(args, script_dir):
             if args.skip_list:
                 break
         except OSError as e:
-            sys.stderr.write("%s: cannot read skip list %s: %s\n" % (PROG, path, e.strerror))
+            sys.stderr.write("%s: cannot read skip list %s: %s\n" % (prog, path, e.strerror))
             sys.exit(EXIT_USAGE)
     sys.stderr.write("%s: no skip list at %s (pass --skip-list FILE)\n"
-                     % (PROG, " or ".join(candidates)))
+                     % (prog, " or ".join(candidates)))
     sys.exit(EXIT_USAGE)
 
 
-def _open_inputs(names):
+def open_inputs(names, prog=PROG):
+    """(name, stream) for each input; '-' or none is stdin. Exits with
+    EXIT_USAGE and one line for a file that cannot be read."""
     streams = []
     for name in names or ["-"]:
         if name == "-":
             if sys.stdin is None:
-                sys.stderr.write("%s: no standard input to read\n" % PROG)
+                sys.stderr.write("%s: no standard input to read\n" % prog)
                 sys.exit(EXIT_USAGE)
             sys.stdin.reconfigure(encoding="utf-8", errors="replace")
             streams.append(("<stdin>", sys.stdin))
@@ -212,7 +246,7 @@ def _open_inputs(names):
         try:
             streams.append((name, open(name, encoding="utf-8", errors="replace")))
         except OSError as e:
-            sys.stderr.write("%s: cannot read %s: %s\n" % (PROG, name, e.strerror))
+            sys.stderr.write("%s: cannot read %s: %s\n" % (prog, name, e.strerror))
             sys.exit(EXIT_USAGE)
     return streams
 
@@ -222,26 +256,18 @@ def main(argv=None, script_dir=None):
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = parse_args(sys.argv[1:] if argv is None else argv)
     script_dir = script_dir or os.path.dirname(os.path.realpath(sys.argv[0]))
-    skip = _load_skip_list(args, script_dir) if args.mode in ("summary", "folded") else None
-    for d in args.debug_dir:
-        if not os.path.isdir(d):
-            sys.stderr.write("%s: --debug-dir %s is not a directory\n" % (PROG, d))
-            return EXIT_USAGE
-    if args.symbolizer != "auto" and not args.no_lookup and Symbolizer.find(args.symbolizer) is None:
-        sys.stderr.write("%s: %s is not installed\n" % (PROG, args.symbolizer))
-        return EXIT_USAGE
+    skip = load_skip_list(args, script_dir) if args.mode in ("summary", "folded") else None
+    status = check_lookup_arguments(args)
+    if status is not None:
+        return status
 
     diag = Diagnostics()
     records = []
-    for name, stream in _open_inputs(args.inputs):
+    for name, stream in open_inputs(args.inputs):
         records.extend(reports.read(stream, name, diag.bad_line))
     stalls = [r for r in records if r.is_stall]
 
-    if args.no_lookup:
-        resolver = Resolver(None, None, diag)
-    else:
-        resolver = Resolver(locate.Locator.from_environment(args.debug_dir),
-                            Symbolizer.find(args.symbolizer), diag)
+    resolver = make_resolver(args, diag)
     resolver.run(stalls)
     ends = reports.stall_durations(records)
 
