@@ -7,7 +7,9 @@
 #include <mutex>
 #include <set>
 
+#include "clock.h"
 #include "handle.h"
+#include "private_api.h"
 
 namespace uvstall::internal {
 namespace {
@@ -68,4 +70,23 @@ extern "C" int uvstall_get_stats(const uvstall_t *h, uvstall_stats_t *out) {
     return UVSTALL_EINVAL;
   uvstall::internal::watch_stats(h->watch.get(), out);
   return 0;
+}
+
+// ---- Private exports (src/private_api.h) ----
+
+extern "C" void uvstall__set_paused(uvstall_t *h, int paused) {
+  using namespace uvstall::internal;
+  if (h == nullptr) return;
+  if (paused != 0) {
+    watch_pause(h->watch.get(), mono_ns());
+  } else {
+    watch_resume(h->watch.get(), mono_ns());
+  }
+}
+
+extern "C" int uvstall__handles(const uvstall_t *h, uv_handle_t *out[2]) {
+  if (h == nullptr || out == nullptr || h->external) return 0;
+  out[0] = reinterpret_cast<uv_handle_t *>(const_cast<uv_timer_t *>(&h->timer));
+  out[1] = reinterpret_cast<uv_handle_t *>(const_cast<uv_async_t *>(&h->async));
+  return 2;
 }

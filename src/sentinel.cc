@@ -113,6 +113,7 @@ void emit_end(Watch *w, uint64_t end_ns, const char *ended_by) {
 // ---- The state machine of one watch; returns when to look again. ----
 
 uint64_t begin_stall(Watch *w, uint64_t now) {
+  if (w->paused.load(std::memory_order_seq_cst)) return now + kForeverNs;
   const uint64_t beat = w->last_beat_ns.load(std::memory_order_seq_cst);
   const uint64_t deadline =
       beat + uint64_t(w->cfg.interval_ms + w->cfg.threshold_ms) * kNsPerMs;

@@ -63,6 +63,12 @@ struct Watch {
   std::atomic<uint64_t> pending_stall{0};
   std::atomic<uint64_t> end_ns{0};
   std::atomic<uint64_t> ended_stall{0};
+  // True while the loop's thread is away from its loop (preload mode: between
+  // two uv_run calls), so time spent outside the loop is not a stall. Written
+  // by the source on the loop's thread (watch_pause/watch_resume), read by
+  // the sentinel before it calls a stall. The beat is stored before the flag
+  // changes either way, so a sentinel that sees "not paused" sees a fresh beat.
+  std::atomic<bool> paused{false};
 
   // Statistics (any thread reads).
   std::atomic<uint64_t> stalls{0};
@@ -99,6 +105,18 @@ inline void watch_alive(Watch *w, uint64_t now_ns) {
 inline void watch_beat(Watch *w, uint64_t now_ns) {
   w->ticks.store(w->ticks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   watch_alive(w, now_ns);
+}
+
+// The loop's thread leaves its loop (a sign of life: a stall in progress
+// ends now), or comes back to it.
+inline void watch_pause(Watch *w, uint64_t now_ns) {
+  watch_alive(w, now_ns);
+  w->paused.store(true, std::memory_order_seq_cst);
+}
+inline void watch_resume(Watch *w, uint64_t now_ns) {
+  watch_alive(w, now_ns);
+  w->paused.store(false, std::memory_order_seq_cst);
+  sentinel_wake();  // the sentinel waits forever on a paused watch
 }
 
 // Creates a watch for the calling thread: resolves options, starts the

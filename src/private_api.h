@@ -1,0 +1,24 @@
+// Functions exported by libuvstall.so for uvstall's own preload shim
+// (src/preload.cc) and language packages: not part of the public contract,
+// versioned in their own node (UVSTALL_PRIVATE) of src/libuvstall.map so they
+// may change with the library. Call them on the watch's thread.
+#pragma once
+
+#include <uvstall/uvstall.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Marks the loop's thread as away from its loop (paused != 0: time outside
+ * the loop is not a stall; a stall in progress ends now) or back in it. */
+UVSTALL_EXTERN void uvstall__set_paused(uvstall_t *h, int paused);
+
+/* The libuv handles a watch owns (its timer and async), so a shim can keep
+ * them out of the host's uv_walk. Returns how many were stored in out (0
+ * for an external watch). */
+UVSTALL_EXTERN int uvstall__handles(const uvstall_t *h, uv_handle_t *out[2]);
+
+#ifdef __cplusplus
+}
+#endif
