@@ -1,0 +1,165 @@
+// UVSTALL_* environment variables (see env.h). Only the public C API and the
+// limits in config.h are used, so the preload shim can compile this file
+// next to libuvstall.so without a second copy of the library's internals.
+#include "env.h"
+
+#include <cerrno>
+#include <csignal>
+#include <cstdint>
+#include <cstring>
+
+#include "config.h"
+
+namespace uvstall::internal {
+namespace {
+
+// One numeric variable: its range, its default and where it goes.
+struct NumericVar {
+  const char *name;
+  uint32_t min;
+  uint32_t max;
+  const char *accepted;      // the range as users read it
+  const char *default_text;  // the default as users read it
+  uint32_t uvstall_options_t::*field;            // per-loop field, or
+  uint32_t uvstall_process_options_t::*pfield;   // process-wide field
+};
+
+const NumericVar kNumericVars[] = {
+    {"UVSTALL_INTERVAL_MS", 1, kMaxIntervalMs, "1..3600000 (milliseconds)", "20",
+     &uvstall_options_t::interval_ms, nullptr},
+    {"UVSTALL_THRESHOLD_MS", 0, kMaxThresholdMs,
+     "0 (automatic) or 2 x interval..3600000 (milliseconds)", "0 (automatic: max(100, 2 x interval))",
+     &uvstall_options_t::threshold_ms, nullptr},
+    {"UVSTALL_MAX_FRAMES", 1, kMaxFrames, "1..256", "64", &uvstall_options_t::max_frames, nullptr},
+    {"UVSTALL_CAPTURE_TIMEOUT_MS", 1, kMaxCaptureTimeoutMs, "1..10000 (milliseconds)", "50",
+     &uvstall_options_t::capture_timeout_ms, nullptr},
+    {"UVSTALL_MAX_QUEUED_REPORTS", 1, kMaxQueuedReports, "1..1000000", "1024", nullptr,
+     &uvstall_process_options_t::max_queued_reports},
+};
+
+// Decimal digits only: no sign, no spaces, no suffix.
+bool parse_u32(const char *text, uint32_t *out) {
+  if (text == nullptr || *text == '\0') return false;
+  uint64_t v = 0;
+  for (const char *p = text; *p != '\0'; ++p) {
+    if (*p < '0' || *p > '9') return false;
+    v = v * 10 + uint64_t(*p - '0');
+    if (v > UINT32_MAX) return false;
+  }
+  *out = uint32_t(v);
+  return true;
+}
+
+std::string warning(const char *name, const char *value, const std::string &accepted,
+                    const char *default_text) {
+  return std::string("uvstall: ignoring ") + name + "=\"" + value + "\": accepted " + accepted +
+         "; using the default " + default_text;
+}
+
+bool usable(int sig) {
+  return sig == SIGUSR1 || sig == SIGUSR2 || (sig >= SIGRTMIN && sig <= SIGRTMAX);
+}
+
+}  // namespace
+
+bool parse_signal(const char *text, int *out) {
+  if (text == nullptr) return false;
+  std::string s(text);
+  if (s.compare(0, 3, "SIG") == 0) s.erase(0, 3);
+  int sig = -1;
+  uint32_t n = 0;
+  if (s == "USR1") {
+    sig = SIGUSR1;
+  } else if (s == "USR2") {
+    sig = SIGUSR2;
+  } else if (s.compare(0, 5, "RTMIN") == 0 || s.compare(0, 5, "RTMAX") == 0) {
+    const bool min = s[4] == 'N';
+    const std::string rest = s.substr(5);
+    if (rest.empty()) {
+      sig = min ? SIGRTMIN : SIGRTMAX;
+    } else if (rest[0] == (min ? '+' : '-') && parse_u32(rest.c_str() + 1, &n) &&
+               n <= uint32_t(SIGRTMAX - SIGRTMIN)) {
+      sig = min ? SIGRTMIN + int(n) : SIGRTMAX - int(n);
+    }
+  } else if (parse_u32(s.c_str(), &n) && n < 1024 && s == text) {
+    sig = int(n);
+  }
+  if (!usable(sig)) return false;
+  *out = sig;
+  return true;
+}
+
+std::string expand_output_path(const std::string &path, pid_t pid) {
+  std::string out;
+  for (size_t i = 0; i < path.size(); ++i) {
+    if (path[i] == '%' && i + 1 < path.size() && path[i + 1] == 'p') {
+      out += std::to_string(pid);
+      ++i;
+    } else if (path[i] == '%' && i + 1 < path.size() && path[i + 1] == '%') {
+      out += '%';
+      ++i;
+    } else {
+      out += path[i];
+    }
+  }
+  return out;
+}
+
+EnvSettings read_env(const EnvLookup &get) {
+  EnvSettings e;
+  uvstall_options_init(&e.opts);
+  uvstall_process_options_init(&e.popts);
+
+  for (const NumericVar &v : kNumericVars) {
+    const char *text = get(v.name);
+    if (text == nullptr) continue;
+    uint32_t n = 0;
+    if (!parse_u32(text, &n) || n < v.min || n > v.max) {
+      e.warnings.push_back(warning(v.name, text, v.accepted, v.default_text));
+      continue;
+    }
+    if (v.field != nullptr) {
+      e.opts.*v.field = n;
+    } else {
+      e.popts.*v.pfield = n;
+      e.process_set = true;
+    }
+  }
+  // The threshold's range depends on the interval (validated above or default).
+  if (e.opts.threshold_ms != 0 &&
+      uint64_t(e.opts.threshold_ms) < 2 * uint64_t(e.opts.interval_ms)) {
+    e.warnings.push_back(warning(
+        "UVSTALL_THRESHOLD_MS", get("UVSTALL_THRESHOLD_MS"),
+        "0 (automatic) or " + std::to_string(2 * uint64_t(e.opts.interval_ms)) +
+            "..3600000 (at least 2 x UVSTALL_INTERVAL_MS)",
+        "0 (automatic: max(100, 2 x interval))"));
+    e.opts.threshold_ms = 0;
+  }
+
+  if (const char *text = get("UVSTALL_SIGNAL")) {
+    int sig = 0;
+    if (parse_signal(text, &sig)) {
+      e.popts.signal = sig;
+      e.process_set = true;
+    } else {
+      e.warnings.push_back(warning(
+          "UVSTALL_SIGNAL", text,
+          "SIGUSR1, SIGUSR2, SIGRTMIN..SIGRTMAX (" + std::to_string(SIGRTMIN) + ".." +
+              std::to_string(SIGRTMAX) + "), by name or number",
+          ("SIGRTMAX-3 (" + std::to_string(SIGRTMAX - 3) + ")").c_str()));
+    }
+  }
+
+  if (const char *text = get("UVSTALL_OUTPUT_PATH")) e.output_path = text;
+
+  if (const char *text = get("UVSTALL_NO_CHILDREN")) {
+    if (std::strcmp(text, "1") == 0) {
+      e.no_children = true;
+    } else if (std::strcmp(text, "0") != 0 && text[0] != '\0') {
+      e.warnings.push_back(warning("UVSTALL_NO_CHILDREN", text, "0 or 1", "0"));
+    }
+  }
+  return e;
+}
+
+}  // namespace uvstall::internal
