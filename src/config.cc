@@ -52,6 +52,11 @@ int resolve_options(const uvstall_options_t *opts, Config *out) {
   if (o.loop_name != nullptr && std::strlen(o.loop_name) > kMaxLoopNameBytes)
     return UVSTALL_ELOOPNAME;
   if (o.output_path != nullptr && o.output_path[0] == '\0') return UVSTALL_EOUTPUT;
+  if (o.max_samples_per_stall < 1 || o.max_samples_per_stall > kMaxSamples)
+    return UVSTALL_EMAXSAMPLES;
+  if (o.abort_after_ms != 0 &&
+      (o.abort_after_ms < threshold || o.abort_after_ms > kMaxAbortAfterMs))
+    return UVSTALL_EABORTAFTER;
 
   Config c;
   c.interval_ms = o.interval_ms;
@@ -65,6 +70,8 @@ int resolve_options(const uvstall_options_t *opts, Config *out) {
   }
   c.on_report = o.on_report;
   c.report_arg = o.report_arg;
+  c.max_samples_per_stall = o.max_samples_per_stall;
+  c.abort_after_ms = o.abort_after_ms;
   *out = std::move(c);
   return 0;
 }
@@ -85,8 +92,14 @@ int resolve_process_options(const uvstall_process_options_t *popts,
   if (!usable_signal(sig)) return UVSTALL_ESIGNAL;
   if (p.max_queued_reports < 1 || p.max_queued_reports > kMaxQueuedReports)
     return UVSTALL_EQUEUE;
+  if (p.max_stalls_per_minute > kMaxStallsPerMinute) return UVSTALL_ERATELIMIT;
+  if (p.summary_interval_ms != 0 && (p.summary_interval_ms < kMinSummaryIntervalMs ||
+                                     p.summary_interval_ms > kMaxSummaryIntervalMs))
+    return UVSTALL_ESUMMARY;
   out->signal = sig;
   out->max_queued_reports = p.max_queued_reports;
+  out->max_stalls_per_minute = p.max_stalls_per_minute;
+  out->summary_interval_ms = p.summary_interval_ms;
   return 0;
 }
 
@@ -102,6 +115,8 @@ void uvstall_options_init(uvstall_options_t *opts) {
   opts->threshold_ms = 0;
   opts->max_frames = uvstall::internal::kDefaultMaxFrames;
   opts->capture_timeout_ms = uvstall::internal::kDefaultCaptureTimeoutMs;
+  opts->max_samples_per_stall = uvstall::internal::kDefaultMaxSamples;
+  opts->abort_after_ms = 0;
 }
 
 void uvstall_process_options_init(uvstall_process_options_t *popts) {
@@ -110,6 +125,8 @@ void uvstall_process_options_init(uvstall_process_options_t *popts) {
   popts->struct_size = sizeof(*popts);
   popts->signal = 0;
   popts->max_queued_reports = uvstall::internal::kDefaultMaxQueuedReports;
+  popts->max_stalls_per_minute = uvstall::internal::kDefaultStallsPerMinute;
+  popts->summary_interval_ms = uvstall::internal::kDefaultSummaryIntervalMs;
 }
 
 const char *uvstall_strerror(int err) {

@@ -21,6 +21,14 @@ constexpr uint32_t kMaxCaptureTimeoutMs = 10000;
 constexpr size_t kMaxLoopNameBytes = 63;
 constexpr uint32_t kDefaultMaxQueuedReports = 1024;
 constexpr uint32_t kMaxQueuedReports = 1000000;
+constexpr uint32_t kDefaultMaxSamples = 8;
+constexpr uint32_t kMaxSamples = 64;
+constexpr uint32_t kMaxAbortAfterMs = 3600000;
+constexpr uint32_t kDefaultStallsPerMinute = 60;
+constexpr uint32_t kMaxStallsPerMinute = 1000000;
+constexpr uint32_t kDefaultSummaryIntervalMs = 60000;
+constexpr uint32_t kMinSummaryIntervalMs = 100;
+constexpr uint32_t kMaxSummaryIntervalMs = 86400000;
 
 // Options of one watch, resolved (threshold computed, strings copied).
 struct Config {
@@ -33,12 +41,16 @@ struct Config {
   bool has_output_path = false;
   uvstall_report_cb on_report = nullptr;
   void *report_arg = nullptr;
+  uint32_t max_samples_per_stall = kDefaultMaxSamples;
+  uint32_t abort_after_ms = 0;  // 0: off
 };
 
 // Process-wide settings, resolved.
 struct ProcessConfig {
   int signal = 0;  // resolved: never 0 after resolve_process_options
   uint32_t max_queued_reports = kDefaultMaxQueuedReports;
+  uint32_t max_stalls_per_minute = kDefaultStallsPerMinute;  // 0: unlimited
+  uint32_t summary_interval_ms = kDefaultSummaryIntervalMs;  // 0: at exit only
 };
 
 // max(100, 2 x interval): the automatic threshold.

@@ -105,12 +105,18 @@ nlohmann::ordered_json start_record(const LoopIdentity &who, const Config &cfg, 
 nlohmann::ordered_json stall_record(const LoopIdentity &who, uint64_t wall_ns, const StallSample &s) {
   nlohmann::ordered_json r = record_base("stall", wall_ns, &who);
   r["stall_id"] = s.stall_id;
+  r["sample"] = s.sample;
   r["threshold_ms"] = s.threshold_ms;
   r["blocked_ms"] = ms_from_ns(s.blocked_ns);
   r["capture"] = s.capture;
   if (!s.capture_error.empty()) r["capture_error"] = s.capture_error;
   if (s.handler_us >= 0) r["handler_us"] = double(int64_t(s.handler_us * 10 + 0.5)) / 10;
   if (s.truncated) r["truncated"] = true;
+  if (s.cause != nullptr) r["cause"] = s.cause;
+  if (!s.thread.is_null()) r["thread"] = s.thread;
+  if (!s.fingerprint.empty()) r["fingerprint"] = s.fingerprint;
+  if (!s.context.is_null()) r["context"] = s.context;
+  if (s.abort) r["abort"] = true;
   nlohmann::ordered_json frames = nlohmann::ordered_json::array();
   for (const auto &f : s.frames) {
     nlohmann::ordered_json fr;

@@ -51,6 +51,12 @@ struct StallSample {
   // Interpreter frames of the stalled thread ("lang_frames"), innermost
   // first; null when the thread runs no interpreter uvstall can read.
   nlohmann::ordered_json lang_frames;
+  uint32_t sample = 0;             // 0 for the first record of a stall
+  const char *cause = nullptr;     // cpu | syscall | runqueue | paused | unknown
+  nlohmann::ordered_json thread;   // thread state object, or null
+  std::string fingerprint;         // empty: not known yet
+  nlohmann::ordered_json context;  // application context, or null
+  bool abort = false;              // the last record before SIGABRT
 };
 nlohmann::ordered_json stall_record(const LoopIdentity &who, uint64_t wall_ns, const StallSample &s);
 

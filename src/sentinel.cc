@@ -12,12 +12,17 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <vector>
 
+#include <signal.h>
+
 #include "capture.h"
 #include "clock.h"
+#include "fingerprint.h"
 #include "modules.h"
 #include "threads.h"
 #include "watch.h"
@@ -46,15 +51,61 @@ std::atomic<bool> g_exiting{false};
 
 constexpr uint64_t kForeverNs = uint64_t(3600) * 1000 * kNsPerMs;
 constexpr uint32_t kExitGraceMs = 200;
+// Thread state is measured over at least this window after detection
+// (CPU and run-queue time need two readings).
+constexpr uint64_t kStateWindowNs = 10 * kNsPerMs;
+constexpr uint32_t kAbortDrainMs = 1000;
+// uvstall_stop waits at most this long for the sentinel, then as long again
+// for the writer to deliver the watch's last records.
+constexpr uint32_t kStopWaitMs = 1000;
+
+// ---- Storms: the rate limit and summaries (sentinel thread only) ----
+
+struct SummaryEntry {
+  uint64_t count = 0;
+  uint64_t suppressed = 0;
+  uint64_t total_ns = 0;
+  uint64_t max_ns = 0;
+  std::string culprit;
+};
+
+struct Storm {
+  double tokens = -1;  // < 0: not started
+  uint64_t refilled_ns = 0;
+  std::map<std::string, SummaryEntry> by_fingerprint;
+  uint64_t window_start_ns = 0;
+};
+Storm *g_storm = new Storm;
+// Suppressed stalls not yet announced in a record ("suppressed"). Atomic:
+// start records are emitted from the starting thread too.
+std::atomic<uint64_t> g_unannounced_suppressed{0};
+
+// A token bucket: max_stalls_per_minute tokens, refilled continuously.
+bool rate_allow(uint64_t now) {
+  const uint32_t limit = g_proc->pcfg.max_stalls_per_minute;
+  if (limit == 0) return true;
+  if (g_storm->tokens < 0) {
+    g_storm->tokens = limit;
+    g_storm->refilled_ns = now;
+  }
+  g_storm->tokens = std::min<double>(
+      limit, g_storm->tokens + double(now - g_storm->refilled_ns) * limit / 60e9);
+  g_storm->refilled_ns = now;
+  if (g_storm->tokens < 1) return false;
+  g_storm->tokens -= 1;
+  return true;
+}
 
 // ---- Records ----
 
 void emit(Watch *w, nlohmann::ordered_json record) {
   // Announce the drops since the last record, and forget them only once
   // this record is queued: an announcement that is itself dropped is
-  // carried by the next one.
+  // carried by the next one. Likewise for suppressed stalls.
   const uint64_t drops = w->counters->unannounced_drops.load();
   note_drops(record, drops);
+  const uint64_t suppressed = g_unannounced_suppressed.load();
+  if (suppressed > 0) record["suppressed"] = suppressed;
   std::string line;
   try {
     line = record.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
@@ -63,8 +114,10 @@ void emit(Watch *w, nlohmann::ordered_json record) {
     w->counters->unannounced_drops.fetch_add(1);
     return;
   }
-  if (writer_enqueue(w->out, w->counters, std::move(line)))
+  if (writer_enqueue(w->out, w->counters, std::move(line))) {
     w->counters->unannounced_drops.fetch_sub(drops);
+    g_unannounced_suppressed.fetch_sub(suppressed);
+  }
 }
 
 // Copies the slot's result and resolves its frames. Caller holds w->mu and
@@ -89,7 +142,63 @@ StallSample new_sample(Watch *w) {
   StallSample s;
   s.stall_id = w->s.stall_id;
   s.threshold_ms = w->cfg.threshold_ms;
+  s.sample = w->s.sample;
+  s.context = w->s.context;
   return s;
+}
+
+std::string fd_target(long fd) {
+  char path[64], buf[512];
+  std::snprintf(path, sizeof path, "/proc/self/fd/%ld", fd);
+  const ssize_t n = readlink(path, buf, sizeof buf - 1);
+  if (n <= 0) return {};
+  return std::string(buf, size_t(n));
+}
+
+// The thread's state since detection, and the cause it points to.
+void add_thread_state(Watch *w, StallSample *s, uint64_t now) {
+  const SentinelState &st = w->s;
+  if (w->probe == nullptr || !st.first.ok) {
+    s->cause = cause_name(Cause::kUnknown);
+    return;
+  }
+  const ThreadSample post = w->probe->read();
+  CauseInput in;
+  in.stall_ns = now - std::min(now, st.start_bound_ns);
+  in.state = st.first.state;
+  in.syscall_nr = st.first.syscall_nr;
+  in.sentinel_late_ns = st.sentinel_late_ns;
+  if (post.ok && post.at_ns > st.first.at_ns) {
+    in.window_ns = post.at_ns - st.first.at_ns;
+    in.cpu_ns = post.run_ns - std::min(post.run_ns, st.first.run_ns);
+    in.wait_ns = post.wait_ns - std::min(post.wait_ns, st.first.wait_ns);
+  }
+  s->cause = cause_name(classify(in));
+  nlohmann::ordered_json t;
+  t["state"] = state_name(st.first.state);
+  const long nr = st.first.syscall_nr;
+  if (nr >= 0) {
+    const char *name = syscall_name(nr);
+    t["syscall"] = name[0] != '\0' ? nlohmann::ordered_json(name) : nlohmann::ordered_json();
+    t["syscall_nr"] = nr;
+    if (syscall_takes_fd(nr)) {
+      const std::string target = fd_target(long(st.first.syscall_arg0));
+      if (!target.empty()) t["fd"] = target;
+    }
+  } else {
+    t["syscall"] = nullptr;
+    t["syscall_nr"] = nullptr;
+  }
+  t["window_ms"] = ms_from_ns(in.window_ns);
+  t["cpu_ms"] = ms_from_ns(in.cpu_ns);
+  t["runqueue_ms"] = ms_from_ns(in.wait_ns);
+  static const long kTickNs = 1000000000L / sysconf(_SC_CLK_TCK);
+  if (post.ok) {
+    t["cpu_system_ms"] = ms_from_ns(
+        (post.stime_ticks - std::min(post.stime_ticks, st.first.stime_ticks)) * kTickNs);
+  }
+  t["sentinel_late_ms"] = ms_from_ns(st.sentinel_late_ns);
+  s->thread = std::move(t);
 }
 
 // Emits a stall sample, with the stalled thread's interpreter frames when
@@ -99,18 +208,94 @@ void emit_stall(Watch *w, StallSample &s) {
     std::lock_guard<std::mutex> lock(w->mu);
     if (!w->stopped) s.lang_frames = w->lang->dump();
   }
-  emit(w, stall_record(w->who, wall_ns(), s));
+  if (w->s.fingerprint.empty()) {
+    w->s.fingerprint = stall_fingerprint(s.frames, s.lang_frames);
+    for (const auto &f : s.frames) {
+      if (f.module != nullptr && !module_is_skipped(f.module->path) && !f.symbol.empty()) {
+        w->s.culprit = f.symbol;
+        break;
+      }
+    }
+  }
+  s.fingerprint = w->s.fingerprint;
+  if (!w->s.suppressed) emit(w, stall_record(w->who, wall_ns(), s));
 }
 
 void emit_end(Watch *w, uint64_t end_ns, const char *ended_by) {
-  const uint64_t dur = end_ns - std::min(end_ns, w->s.start_bound_ns);
+  SentinelState &st = w->s;
+  const uint64_t dur = end_ns - std::min(end_ns, st.start_bound_ns);
   w->stalled_ns_total.fetch_add(dur, std::memory_order_relaxed);
-  emit(w, stall_end_record(w->who, wall_ns(), w->s.stall_id, dur, ended_by));
-  w->s.phase = SentinelState::kIdle;
-  w->s.awaiting_late = false;
+  if (!st.suppressed) emit(w, stall_end_record(w->who, wall_ns(), st.stall_id, dur, ended_by));
+  SummaryEntry &e = g_storm->by_fingerprint[st.fingerprint];
+  e.count++;
+  e.suppressed += st.suppressed;
+  e.total_ns += dur;
+  e.max_ns = std::max(e.max_ns, dur);
+  if (e.culprit.empty()) e.culprit = st.culprit;
+  st.phase = SentinelState::kIdle;
+  st.awaiting_late = false;
+}
+
+// One "summary" record per distinct output: stalls per fingerprint since
+// the last summary. Process-level: no tid or loop.
+void emit_summary(const std::vector<std::shared_ptr<Watch>> &list, uint64_t now) {
+  Storm &storm = *g_storm;
+  if (storm.by_fingerprint.empty()) {
+    storm.window_start_ns = now;
+    return;
+  }
+  std::vector<std::pair<std::string, SummaryEntry>> rows(storm.by_fingerprint.begin(),
+                                                         storm.by_fingerprint.end());
+  std::sort(rows.begin(), rows.end(),
+            [](const auto &a, const auto &b) { return a.second.total_ns > b.second.total_ns; });
+  nlohmann::ordered_json r = record_base("summary", wall_ns(), nullptr);
+  r["window_ms"] = ms_from_ns(now - std::min(now, storm.window_start_ns));
+  uint64_t stalls = 0, suppressed = 0;
+  nlohmann::ordered_json fps = nlohmann::ordered_json::array();
+  for (const auto &[fp, e] : rows) {
+    stalls += e.count;
+    suppressed += e.suppressed;
+    nlohmann::ordered_json row;
+    row["fingerprint"] = fp.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(fp);
+    row["culprit"] = e.culprit.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(e.culprit);
+    row["count"] = e.count;
+    row["suppressed"] = e.suppressed;
+    row["total_ms"] = ms_from_ns(e.total_ns);
+    row["max_ms"] = ms_from_ns(e.max_ns);
+    fps.push_back(std::move(row));
+  }
+  r["stalls"] = stalls;
+  r["stalls_suppressed"] = suppressed;
+  r["fingerprints"] = std::move(fps);
+  std::vector<std::string> done;
+  for (const auto &w : list) {
+    const std::string key = w->out->key();
+    if (std::find(done.begin(), done.end(), key) != done.end()) continue;
+    done.push_back(key);
+    nlohmann::ordered_json copy = r;
+    note_drops(copy, w->counters->unannounced_drops.exchange(0));
+    std::string line = copy.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+    writer_enqueue(w->out, w->counters, std::move(line));
+  }
+  storm.by_fingerprint.clear();
+  storm.window_start_ns = now;
 }
 
 // ---- The state machine of one watch; returns when to look again. ----
+
+// Asks the loop thread for its stack (a new generation). Returns "" or why
+// it could not. Caller holds no lock.
+std::string request_capture(Watch *w) {
+  w->s.gen = capture_next_gen();
+  std::lock_guard<std::mutex> lock(w->mu);
+  if (w->stopped) return "the watch was stopped";
+  if (!capture_handler_installed())
+    return "the capture signal's handler was replaced by the host";
+  const int rc = capture_request(w->slot, w->s.gen);
+  if (rc == -ESRCH) return "the loop thread has exited";
+  if (rc != 0) return std::string("could not signal the loop thread: ") + strerror(-rc);
+  return {};
+}
 
 uint64_t begin_stall(Watch *w, uint64_t now) {
   if (w->paused.load(std::memory_order_seq_cst)) return now + kForeverNs;
@@ -128,13 +313,17 @@ uint64_t begin_stall(Watch *w, uint64_t now) {
     w->pending_stall.exchange(0, std::memory_order_seq_cst);
     return now;
   }
+  // The thread's state first: the capture signal interrupts its syscall.
+  SentinelState &st = w->s;
+  st = SentinelState{};
+  st.first = w->probe != nullptr ? w->probe->read() : ThreadSample{};
   w->stalls.fetch_add(1, std::memory_order_relaxed);
-  w->s.stall_id = id;
-  w->s.start_bound_ns = beat;
-  w->s.gen = capture_next_gen();
-  w->s.awaiting_late = false;
-
-  std::string problem;
+  st.stall_id = id;
+  st.start_bound_ns = beat;
+  st.sentinel_late_ns = now - deadline;
+  st.context = context_read(&w->context);
+  st.suppressed = !rate_allow(now);
+  if (st.suppressed) g_unannounced_suppressed.fetch_add(1);
   {
     std::lock_guard<std::mutex> lock(w->mu);
     // The loop's cached clock bounds the start of the blocking better than
@@ -145,38 +334,79 @@ uint64_t begin_stall(Watch *w, uint64_t now) {
     // CLOCK_MONOTONIC_COARSE, never ahead of ours.
     if (w->loop != nullptr && !w->stopped) {
       const uint64_t loop_ns = uv_now(w->loop) * kNsPerMs;
-      if (loop_ns > beat && loop_ns <= now) w->s.start_bound_ns = loop_ns;
+      if (loop_ns > beat && loop_ns <= now) st.start_bound_ns = loop_ns;
     }
     // Wake the loop so its first sign of life after the stall is seen at
     // once, not one interval later (libuv polls with a stale timeout).
     if (w->async != nullptr) uv_async_send(w->async);
-    if (w->stopped) {
-      problem = "the watch was stopped";
-    } else if (!capture_handler_installed()) {
-      problem = "the capture signal's handler was replaced by the host";
-    } else {
-      const int rc = capture_request(w->slot, w->s.gen);
-      if (rc == -ESRCH) problem = "the loop thread has exited";
-      else if (rc != 0) problem = std::string("could not signal the loop thread: ") + strerror(-rc);
-    }
   }
+  const std::string problem = request_capture(w);
   if (!problem.empty()) {
     StallSample s = new_sample(w);
-    s.blocked_ns = now - w->s.start_bound_ns;
+    s.blocked_ns = now - st.start_bound_ns;
     s.capture = "failed";
     s.capture_error = problem;
+    add_thread_state(w, &s, now);
     emit_stall(w, s);
-    w->s.phase = SentinelState::kStalled;
+    st.sample = w->cfg.max_samples_per_stall;  // no further samples
+    st.phase = SentinelState::kStalled;
     return now + kForeverNs;
   }
-  w->s.phase = SentinelState::kCapturing;
-  w->s.capture_deadline_ns = now + uint64_t(w->cfg.capture_timeout_ms) * kNsPerMs;
-  return w->s.capture_deadline_ns;
+  st.phase = SentinelState::kCapturing;
+  st.capture_deadline_ns = now + uint64_t(w->cfg.capture_timeout_ms) * kNsPerMs;
+  st.window_until_ns = st.first.at_ns + kStateWindowNs;
+  return std::min(st.capture_deadline_ns, st.window_until_ns);
 }
 
 bool capture_done(Watch *w) {
   CaptureSlot *slot = capture_slot(w->slot);
   return slot != nullptr && slot->done_gen.load(std::memory_order_acquire) == w->s.gen;
+}
+
+// The sample of a capture that is done or timed out: one stall record.
+void take_sample(Watch *w, uint64_t now, bool ended, uint64_t end_ns, bool stopped,
+                 bool exiting) {
+  SentinelState &st = w->s;
+  StallSample s = new_sample(w);
+  bool have = false;
+  uint64_t t_enter = 0;
+  {
+    std::lock_guard<std::mutex> lock(w->mu);
+    if (!w->stopped && capture_done(w)) {
+      t_enter = capture_slot(w->slot)->t_enter_ns;
+      fill_from_capture(w, &s);
+      have = true;
+    }
+  }
+  if (have && ended && t_enter > end_ns) {
+    // The signal was handled after the loop came back: that stack is
+    // not the stall's.
+    s = new_sample(w);
+    s.blocked_ns = end_ns - std::min(end_ns, st.start_bound_ns);
+    s.capture = "failed";
+    s.capture_error = "the stall ended before the signal was handled";
+  } else if (!have) {
+    s.blocked_ns = now - std::min(now, st.start_bound_ns);
+    s.capture = stopped || exiting ? "failed" : "timeout";
+    s.capture_error = stopped    ? "the watch was stopped before the stack arrived"
+                      : exiting ? "the process is exiting"
+                                : "the loop thread did not handle the signal in time "
+                                  "(signal blocked, or an uninterruptible system call)";
+    st.awaiting_late = !stopped && !exiting;
+  }
+  add_thread_state(w, &s, now);
+  s.abort = st.aborting;
+  emit_stall(w, s);
+  st.sample++;
+  st.next_sample_ns = st.sample < w->cfg.max_samples_per_stall
+                          ? st.start_bound_ns + (uint64_t(w->cfg.threshold_ms) * kNsPerMs << std::min<uint32_t>(st.sample, 40))
+                          : now + kForeverNs;
+  st.phase = SentinelState::kStalled;
+  if (st.aborting) {
+    // Escalation: the report first, then a core dump of the loop thread.
+    writer_drain(kAbortDrainMs);
+    syscall(SYS_tgkill, getpid(), w->who.tid, SIGABRT);
+  }
 }
 
 uint64_t step(Watch *w, uint64_t now, bool exiting) {
@@ -201,48 +431,35 @@ uint64_t step(Watch *w, uint64_t now, bool exiting) {
   const uint64_t end_ns = ended ? w->end_ns.load(std::memory_order_relaxed) : 0;
 
   if (st.phase == SentinelState::kCapturing) {
-    StallSample s = new_sample(w);
-    bool have = false;
-    uint64_t t_enter = 0;
+    bool done;
     {
       std::lock_guard<std::mutex> lock(w->mu);
-      if (!w->stopped && capture_done(w)) {
-        t_enter = capture_slot(w->slot)->t_enter_ns;
-        fill_from_capture(w, &s);
-        have = true;
-      }
+      done = !w->stopped && capture_done(w);
     }
-    if (have && ended && t_enter > end_ns) {
-      // The signal was handled after the loop came back: that stack is
-      // not the stall's.
-      s = new_sample(w);
-      s.blocked_ns = end_ns - std::min(end_ns, st.start_bound_ns);
-      s.capture = "failed";
-      s.capture_error = "the stall ended before the signal was handled";
-    } else if (!have) {
-      if (now < st.capture_deadline_ns && !ended && !stopped && !exiting)
-        return st.capture_deadline_ns;
-      s.blocked_ns = now - std::min(now, st.start_bound_ns);
-      s.capture = stopped || exiting ? "failed" : "timeout";
-      s.capture_error = stopped    ? "the watch was stopped before the stack arrived"
-                        : exiting ? "the process is exiting"
-                                  : "the loop thread did not handle the signal in time "
-                                    "(signal blocked, or an uninterruptible system call)";
-      st.awaiting_late = !stopped && !exiting;
+    if (!ended && !stopped && !exiting) {
+      if (!done && now < st.capture_deadline_ns) return st.capture_deadline_ns;
+      if (done && now < st.window_until_ns) return st.window_until_ns;
     }
-    emit_stall(w, s);
-    st.phase = SentinelState::kStalled;
+    take_sample(w, now, ended, end_ns, stopped, exiting);
   }
 
   // kStalled: a late stack may still land, then the end comes.
   if (st.awaiting_late) {
-    std::lock_guard<std::mutex> lock(w->mu);
-    if (!w->stopped && capture_done(w) &&
-        (!ended || capture_slot(w->slot)->t_enter_ns <= end_ns)) {
-      StallSample s = new_sample(w);
-      fill_from_capture(w, &s);
-      if (std::string(s.capture) == "ok") s.capture = "late";
+    StallSample s = new_sample(w);
+    bool landed = false;
+    {
+      std::lock_guard<std::mutex> lock(w->mu);
+      if (!w->stopped && capture_done(w) &&
+          (!ended || capture_slot(w->slot)->t_enter_ns <= end_ns)) {
+        s.sample = st.sample - 1;  // the stack of the sample that timed out
+        fill_from_capture(w, &s);
+        if (std::string(s.capture) == "ok") s.capture = "late";
+        landed = true;
+      }
+    }
+    if (landed) {
       st.awaiting_late = false;
+      add_thread_state(w, &s, now);
       emit_stall(w, s);
     }
   }
@@ -253,7 +470,28 @@ uint64_t step(Watch *w, uint64_t now, bool exiting) {
   } else if (exiting) {
     emit_end(w, now, "exit");
   } else {
-    return now + kForeverNs;  // woken by the end, a late stack or a stop
+    uint64_t next = now + kForeverNs;
+    const uint64_t abort_at =
+        w->cfg.abort_after_ms != 0
+            ? st.start_bound_ns + uint64_t(w->cfg.abort_after_ms) * kNsPerMs
+            : now + kForeverNs;
+    const bool abort_due = !st.aborting && now >= abort_at;
+    const bool sample_due = st.sample < w->cfg.max_samples_per_stall && now >= st.next_sample_ns;
+    if (abort_due || sample_due) {
+      st.aborting = abort_due;
+      const std::string problem = request_capture(w);
+      if (problem.empty()) {
+        st.awaiting_late = false;
+        st.phase = SentinelState::kCapturing;
+        st.capture_deadline_ns = now + uint64_t(w->cfg.capture_timeout_ms) * kNsPerMs;
+        st.window_until_ns = now;
+        return st.capture_deadline_ns;
+      }
+      st.sample = w->cfg.max_samples_per_stall;
+    }
+    if (st.sample < w->cfg.max_samples_per_stall) next = std::min(next, st.next_sample_ns);
+    if (!st.aborting) next = std::min(next, abort_at);
+    return next;  // or woken by the end, a late stack or a stop
   }
   if (stopped) st.finished = true;
   return now;
@@ -263,10 +501,12 @@ void sentinel_main() {
   std::vector<std::shared_ptr<Watch>> list;
   for (;;) {
     bool exiting;
+    uint32_t summary_interval_ms;
     {
       std::lock_guard<std::mutex> lock(g_proc->mu);
       list = g_proc->watches;
       exiting = g_proc->exiting;
+      summary_interval_ms = g_proc->pcfg.summary_interval_ms;
     }
     const uint64_t now = mono_ns();
     uint64_t next = now + kForeverNs;
@@ -275,9 +515,20 @@ void sentinel_main() {
       next = std::min(next, step(w.get(), now, exiting));
       any_finished |= w->s.finished;
     }
+    // Summaries: every summary_interval_ms while there were stalls, and a
+    // last one when a watch stops or the process exits.
+    const uint64_t every = uint64_t(summary_interval_ms) * kNsPerMs;
+    if (g_storm->window_start_ns == 0) g_storm->window_start_ns = now;
+    if (any_finished || exiting ||
+        (every != 0 && now >= g_storm->window_start_ns + every))
+      emit_summary(list, now);
+    if (every != 0 && !g_storm->by_fingerprint.empty())
+      next = std::min(next, g_storm->window_start_ns + every);
     {
       std::lock_guard<std::mutex> lock(g_proc->mu);
       if (any_finished) {
+        for (auto &w : list)
+          if (w->s.finished) w->finalized.store(true);
         auto &ws = g_proc->watches;
         ws.erase(std::remove_if(ws.begin(), ws.end(),
                                 [](const auto &w) { return w->s.finished; }),
@@ -375,6 +626,7 @@ int watch_create(const uvstall_options_t *opts, uv_loop_t *loop,
   w->who.loop = w->cfg.loop_name.empty() ? "loop-" + std::to_string(number) : w->cfg.loop_name;
   w->signal = sig;
   w->lang = lang_frames_for_current_thread();
+  w->probe = std::make_unique<ThreadProbe>(w->who.tid);
   capture_warm_thread();
   modules().refresh_from_loader();
   *out = std::move(w);
@@ -383,6 +635,10 @@ int watch_create(const uvstall_options_t *opts, uv_loop_t *loop,
 
 void sentinel_add(const std::shared_ptr<Watch> &w) {
   emit(w.get(), start_record(w->who, w->cfg, w->signal));
+  {
+    std::lock_guard<std::mutex> lock(w->mu);
+    w->registered = true;
+  }
   w->last_beat_ns.store(mono_ns(), std::memory_order_seq_cst);
   {
     std::lock_guard<std::mutex> lock(g_proc->mu);
@@ -395,14 +651,22 @@ void watch_stop(Watch *w) {
   // Not a sign of life: a stall in progress is ended by the stop itself
   // ("ended_by":"stop"), e.g. when the blocking code calls uvstall_stop.
   const uint64_t now = mono_ns();
+  bool registered;
   {
     std::lock_guard<std::mutex> lock(w->mu);
     w->stopped = true;
     w->stop_ns = now;
     w->async = nullptr;
+    registered = w->registered;
     if (w->slot >= 0) capture_release(w->slot);
   }
-  sentinel_wake();
+  if (registered) {
+    sentinel_wake();
+    // The sentinel finalizes in one pass (it never blocks on the loop).
+    const uint64_t until = mono_ns() + kStopWaitMs * kNsPerMs;
+    while (!w->finalized.load() && mono_ns() < until) usleep(200);
+  }
+  writer_flush_and_close(w->out.get(), kStopWaitMs);
 }
 
 void watch_stats(const Watch *w, uvstall_stats_t *out) {

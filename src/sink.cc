@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -53,7 +54,8 @@ void writer_main() {
     q.items.pop_front();
     q.busy = true;
     lock.unlock();
-    const bool ok = item.out->deliver(item.line);
+    const bool ok = !item.out->closed.load() && item.out->deliver(item.line);
+    item.out->pending.fetch_sub(1);
     if (ok) {
       item.counters->written.fetch_add(1, std::memory_order_relaxed);
     } else {
@@ -63,7 +65,7 @@ void writer_main() {
     item = Item{};  // release the output outside the lock
     lock.lock();
     q.busy = false;
-    if (q.items.empty()) q.idle_cv.notify_all();
+    q.idle_cv.notify_all();  // writer_drain and writer_flush_and_close wait on it
   }
 }
 
@@ -134,6 +136,16 @@ bool Output::write_fd(const std::string &line) {
   return true;
 }
 
+std::string Output::key() const {
+  if (!path_.empty()) return "file:" + path_;
+  if (cb_ != nullptr) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "callback:%p:%p", reinterpret_cast<void *>(cb_), cb_arg_);
+    return buf;
+  }
+  return "stderr";
+}
+
 bool Output::deliver(const std::string &line) {
   bool ok = true;
   if (cb_ != nullptr) cb_(line.c_str(), line.size(), cb_arg_);
@@ -156,6 +168,7 @@ bool writer_enqueue(std::shared_ptr<Output> out,
   {
     std::lock_guard<std::mutex> lock(q.mu);
     if (q.items.size() < q.cap) {
+      out->pending.fetch_add(1);
       q.items.push_back(Item{std::move(out), counters, std::move(line)});
       q.cv.notify_one();
       return true;
@@ -164,6 +177,18 @@ bool writer_enqueue(std::shared_ptr<Output> out,
   counters->dropped.fetch_add(1, std::memory_order_relaxed);
   counters->unannounced_drops.fetch_add(1, std::memory_order_relaxed);
   return false;
+}
+
+bool writer_flush_and_close(Output *out, uint32_t timeout_ms) {
+  bool flushed = true;
+  if (g_queue != nullptr) {
+    Queue &q = *g_queue;
+    std::unique_lock<std::mutex> lock(q.mu);
+    flushed = q.idle_cv.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                                 [&] { return out->pending.load() == 0; });
+  }
+  out->closed.store(true);
+  return flushed;
 }
 
 void writer_drain(uint32_t timeout_ms) {

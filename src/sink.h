@@ -30,6 +30,15 @@ class Output {
   ~Output();
   // Writer thread only. False when any destination failed.
   bool deliver(const std::string &line);
+  // Tells destinations apart: outputs with equal keys write to the same
+  // place (process-level records are written once per key).
+  std::string key() const;
+
+  // Records queued for this output and not yet delivered (or skipped).
+  std::atomic<uint64_t> pending{0};
+  // Set when the watch has stopped: no callback starts after this; records
+  // still queued are skipped and counted as dropped.
+  std::atomic<bool> closed{false};
 
  private:
   Output() = default;
@@ -51,5 +60,9 @@ bool writer_enqueue(std::shared_ptr<Output> out,
                     std::shared_ptr<DeliveryCounters> counters, std::string line);
 // Waits up to `timeout_ms` for the queue to empty (process exit).
 void writer_drain(uint32_t timeout_ms);
+// Waits up to `timeout_ms` for every record queued for `out` to be
+// delivered, then closes it: its callback is never started again. Returns
+// false on timeout (a callback that is running then may still finish).
+bool writer_flush_and_close(Output *out, uint32_t timeout_ms);
 
 }  // namespace uvstall::internal

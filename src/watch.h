@@ -14,6 +14,7 @@
 #include "config.h"
 #include "report.h"
 #include "sink.h"
+#include "thread_state.h"
 
 namespace uvstall::internal {
 
@@ -29,6 +30,26 @@ class LangFrames {
 // A reader for the calling thread's interpreter, or null (src/lang_python.cc).
 std::shared_ptr<LangFrames> lang_frames_for_current_thread();
 
+// Application context (uvstall_set_context): written by the loop thread,
+// read by the sentinel during a stall. A sequence lock over atomic words:
+// the writer makes seq odd, stores, makes it even (release); the reader
+// retries while seq is odd or changed. No lock, no allocation.
+constexpr int kContextKeys = 8;
+constexpr int kContextKeyBytes = 32;     // including the NUL
+constexpr int kContextValueBytes = 128;  // including the NUL
+struct ContextSlot {
+  static constexpr int kEntryBytes = kContextKeyBytes + kContextValueBytes;
+  static constexpr int kWords = kContextKeys * kEntryBytes / 8;
+  std::atomic<uint32_t> seq{0};
+  std::atomic<uint64_t> words[kWords] = {};
+  // The loop thread's own copy (only it touches this).
+  char plain[kContextKeys][kEntryBytes] = {};
+};
+// Loop thread: sets or (value null) removes a key. 0 or UVSTALL_ECONTEXT.
+int context_set(ContextSlot *c, const char *key, const char *value);
+// Sentinel: the current context as an object; null when empty or torn.
+nlohmann::ordered_json context_read(const ContextSlot *c);
+
 // Sentinel-only bookkeeping of one watch (touched by no other thread).
 struct SentinelState {
   enum Phase { kIdle, kCapturing, kStalled } phase = kIdle;
@@ -36,8 +57,18 @@ struct SentinelState {
   uint64_t gen = 0;               // capture request generation
   uint64_t start_bound_ns = 0;    // best lower bound of the stall's start
   uint64_t capture_deadline_ns = 0;
+  uint64_t window_until_ns = 0;   // thread state needs this long a window
   bool awaiting_late = false;     // capture timed out; a late one may land
   bool finished = false;          // stopped and finalized: drop it
+  uint32_t sample = 0;            // index of the next stall record
+  uint64_t next_sample_ns = 0;    // when to take the next sample
+  uint64_t sentinel_late_ns = 0;  // how late the sentinel woke at detection
+  ThreadSample first;             // thread state at detection
+  bool suppressed = false;        // over the rate limit: write nothing
+  bool aborting = false;          // abort_after_ms reached
+  std::string fingerprint;        // of the first stack captured
+  std::string culprit;            // first non-skipped symbol, for summaries
+  nlohmann::ordered_json context; // at detection
 };
 
 struct Watch {
@@ -48,6 +79,8 @@ struct Watch {
   int slot = -1;                  // capture slot index
   int signal = 0;                 // the capture signal, for the start record
   std::shared_ptr<LangFrames> lang;  // null: no interpreter frames
+  std::unique_ptr<ThreadProbe> probe;  // the loop thread's /proc files
+  ContextSlot context;
   std::shared_ptr<Output> out;
   std::shared_ptr<DeliveryCounters> counters = std::make_shared<DeliveryCounters>();
 
@@ -78,9 +111,13 @@ struct Watch {
   // thread, wakes the loop or reads the capture slot; stop holds it while
   // it releases them, so neither is used after stop.
   std::mutex mu;
+  bool registered = false;        // sentinel_add ran
   bool stopped = false;
   uint64_t stop_ns = 0;
   uv_async_t *async = nullptr;    // wakes the loop at detection; null if none
+
+  // Set by the sentinel once a stopped watch's last records are queued.
+  std::atomic<bool> finalized{false};
 
   SentinelState s;
 };
@@ -129,8 +166,10 @@ int watch_create(const uvstall_options_t *opts, uv_loop_t *loop,
 // Starts watching (the first beat is "now").
 void sentinel_add(const std::shared_ptr<Watch> &w);
 // Stops a watch on its own thread: a stall in progress ends now, the
-// capture slot and the async wake are released. The sentinel writes the
-// remaining records and forgets the watch.
+// capture slot and the async wake are released. Waits (bounded) for the
+// sentinel to queue the watch's last records and for the writer to deliver
+// them, so on_report is not called after this returns (a callback still
+// running after the bounded wait excepted).
 void watch_stop(Watch *w);
 // Fills stats from the watch's counters.
 void watch_stats(const Watch *w, uvstall_stats_t *out);

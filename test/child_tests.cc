@@ -90,11 +90,14 @@ TEST_SUITE("child") {
     CHECK(r.status == 0);
     CHECK(r.out.empty());
     CHECK(r.other_err.empty());
-    REQUIRE(r.records.size() == 3);
-    CHECK(r.records[0]["type"] == "start");
+    // start, the stall's samples (a 200 ms stall: one or two), its end, and
+    // the summary written when the watch stops.
+    REQUIRE(r.records.size() >= 4);
+    CHECK(r.records.front()["type"] == "start");
     CHECK(r.records[1]["type"] == "stall");
     CHECK(names(r.records[1], "uvstall_test_busy"));
-    CHECK(r.records[2]["type"] == "stall_end");
+    CHECK(of_type(r, "stall_end").size() == 1);
+    CHECK(r.records.back()["type"] == "summary");
     // The main executable is named by its real path, not "".
     bool exe_named = false;
     for (const auto &f : r.records[1]["frames"])
@@ -108,7 +111,7 @@ TEST_SUITE("child") {
     auto r = run_child({"stderr-reused", host_file});
     CHECK(r.status == 0);
     CHECK(slurp(host_file) == "host's own line\n");
-    CHECK(of_type(r, "stall").size() == 1);
+    CHECK(of_type(r, "stall").size() >= 1);
   }
 
   TEST_CASE("a host that exits mid-stall: exit status kept, stall ended by exit") {
@@ -116,10 +119,11 @@ TEST_SUITE("child") {
     CHECK(r.status == 7);
     auto stalls = of_type(r, "stall");
     auto ends = of_type(r, "stall_end");
-    REQUIRE(stalls.size() == 1);
+    REQUIRE(stalls.size() >= 1);
     CHECK(names(stalls[0], "uvstall_test_busy"));
     REQUIRE(ends.size() == 1);
     CHECK(ends[0]["ended_by"] == "exit");
+    CHECK(of_type(r, "summary").size() == 1);  // the last one, at exit
     CHECK(ends[0]["duration_ms"].get<double>() >= 298);
   }
 
@@ -127,7 +131,7 @@ TEST_SUITE("child") {
     for (int i = 0; i < 3; ++i) {
       auto r = run_child({"exit-after-stall"});
       CHECK(r.status == 0);
-      CHECK(of_type(r, "stall").size() == 1);
+      CHECK(of_type(r, "stall").size() >= 1);
       CHECK(of_type(r, "stall_end").size() == 1);
     }
   }
@@ -165,7 +169,7 @@ TEST_SUITE("child") {
     auto r = run_child({"chain"});
     CHECK(r.status == 0);
     auto stalls = of_type(r, "stall");
-    REQUIRE(stalls.size() == 1);
+    REQUIRE(stalls.size() >= 1);
     CHECK(stalls[0]["capture"] == "ok");
     CHECK(r.out == "host_handler_calls=1\n");
   }
@@ -175,7 +179,7 @@ TEST_SUITE("child") {
     CHECK(r.status == 0);
     REQUIRE(of_type(r, "start").size() == 1);
     CHECK(of_type(r, "start")[0]["options"]["signal"] == SIGUSR2);
-    REQUIRE(of_type(r, "stall").size() == 1);
+    REQUIRE(of_type(r, "stall").size() >= 1);
     CHECK(of_type(r, "stall")[0]["capture"] == "ok");
   }
 

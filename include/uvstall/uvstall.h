@@ -79,13 +79,18 @@ extern "C" {
   XX(ENOMEM, -15, "out of memory") \
   XX(ELIMIT, -16, "too many loops watched at once (at most 4096)") \
   XX(EWRONGTHREAD, -17, "uvstall_stop must be called on the thread that called uvstall_start") \
-  XX(ESIGACTION, -18, "could not install the capture signal handler")
+  XX(ESIGACTION, -18, "could not install the capture signal handler") \
+  XX(EMAXSAMPLES, -19, "max_samples_per_stall must be between 1 and 64") \
+  XX(EABORTAFTER, -20, "abort_after_ms must be 0 (off) or between threshold_ms and 3600000") \
+  XX(ERATELIMIT, -21, "max_stalls_per_minute must be between 0 (unlimited) and 1000000") \
+  XX(ESUMMARY, -22, "summary_interval_ms must be 0 (off) or between 100 and 86400000") \
+  XX(ECONTEXT, -23, "context key must be 1 to 31 bytes, and at most 8 keys are kept")
 
 typedef enum {
 #define UVSTALL_ERRNO_ENUM_(name, value, msg) UVSTALL_##name = (value),
   UVSTALL_ERRNO_MAP(UVSTALL_ERRNO_ENUM_)
 #undef UVSTALL_ERRNO_ENUM_
-  UVSTALL_ERRNO_END_ = -19
+  UVSTALL_ERRNO_END_ = -24
 } uvstall_errno_t;
 
 /* One watch of one loop. Opaque; freed by uvstall_stop (memory is released
@@ -122,6 +127,13 @@ typedef struct uvstall_options_s {
   uvstall_report_cb on_report;
   /* Passed to on_report. Default NULL. */
   void *report_arg;
+  /* A stall that lasts gets further samples (stack and thread state) at
+   * 2x, 4x, 8x... the threshold, up to this many records in all (1..64).
+   * Default 8. */
+  uint32_t max_samples_per_stall;
+  /* Off by default (0). When one stall lasts this long, write its report,
+   * then raise SIGABRT on the loop thread to get a core dump. */
+  uint32_t abort_after_ms;
 } uvstall_options_t;
 
 /* Process-wide settings: apply with uvstall_configure() before the first
@@ -134,6 +146,13 @@ typedef struct uvstall_process_options_s {
   /* Records waiting for the writer beyond this are dropped and counted.
    * Default 1024. */
   uint32_t max_queued_reports;
+  /* Stalls reported per minute, over all loops; further stalls write
+   * nothing but are counted (next record's "suppressed", and "summary"
+   * records). 0 = unlimited. Default 60. */
+  uint32_t max_stalls_per_minute;
+  /* How often a "summary" record (stalls per fingerprint) is written when
+   * there were stalls. 0 = only at exit. Default 60000. */
+  uint32_t summary_interval_ms;
 } uvstall_process_options_t;
 
 /* Counters of one watch, readable from any thread. */
@@ -184,6 +203,13 @@ UVSTALL_EXTERN int uvstall_start_external(const uvstall_options_t *opts, uvstall
 /* One heartbeat of an external watch, from its loop's thread. Cheap: a
  * clock read and atomic stores; no lock, no system call. */
 UVSTALL_EXTERN void uvstall_beat(uvstall_t *h);
+
+/* Attaches `key`=`value` (e.g. "route", "/api/users") to the watch, on its
+ * loop's thread; reports of stalls that begin while it is set carry it in
+ * "context". value NULL removes the key. Keys are 1..31 bytes, values are
+ * truncated to 127 bytes, at most 8 keys are kept (UVSTALL_ECONTEXT when a
+ * 9th is added). Cheap: no lock, no allocation, no system call. */
+UVSTALL_EXTERN int uvstall_set_context(uvstall_t *h, const char *key, const char *value);
 
 /* Fills *out (out->struct_size must be set). Any thread. */
 UVSTALL_EXTERN int uvstall_get_stats(const uvstall_t *h, uvstall_stats_t *out);
