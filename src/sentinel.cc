@@ -267,6 +267,11 @@ void emit_summary(const std::vector<std::shared_ptr<Watch>> &list, uint64_t now)
   r["stalls"] = stalls;
   r["stalls_suppressed"] = suppressed;
   r["fingerprints"] = std::move(fps);
+  // Suppressed stalls not yet announced are announced here too, in every
+  // copy (each output sees them once).
+  const uint64_t announce = g_unannounced_suppressed.load();
+  if (announce > 0) r["suppressed"] = announce;
+  bool queued = false;
   std::vector<std::string> done;
   for (const auto &w : list) {
     const std::string key = w->out->key();
@@ -275,8 +280,9 @@ void emit_summary(const std::vector<std::shared_ptr<Watch>> &list, uint64_t now)
     nlohmann::ordered_json copy = r;
     note_drops(copy, w->counters->unannounced_drops.exchange(0));
     std::string line = copy.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
-    writer_enqueue(w->out, w->counters, std::move(line));
+    queued |= writer_enqueue(w->out, w->counters, std::move(line));
   }
+  if (queued) g_unannounced_suppressed.fetch_sub(announce);
   storm.by_fingerprint.clear();
   storm.window_start_ns = now;
 }

@@ -109,7 +109,9 @@ Cause classify(const CauseInput &in) {
   if (in.stall_ns > 0 && in.sentinel_late_ns * 2 >= in.stall_ns) return Cause::kPaused;
   if (in.window_ns > 0) {
     if (in.wait_ns * 2 >= in.window_ns) return Cause::kRunqueue;
-    if (in.cpu_ns * 2 >= in.window_ns) return Cause::kCpu;
+    // Runnable most of the time and waiting less than half: CPU-bound code,
+    // slowed by some contention, is still the code's own doing.
+    if ((in.cpu_ns + in.wait_ns) * 2 >= in.window_ns) return Cause::kCpu;
   }
   if (in.syscall_nr >= 0 && (in.state == 'S' || in.state == 'D')) return Cause::kSyscall;
   if (in.state == 'D') return Cause::kSyscall;

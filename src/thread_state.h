@@ -61,7 +61,8 @@ struct CauseInput {
 //   paused   — the sentinel woke late by at least half the stall: the whole
 //              process was stopped or suspended (SIGSTOP, debugger, VM);
 //   runqueue — runnable but waiting for a CPU at least half the window;
-//   cpu      — on a CPU at least half the window (user or kernel time);
+//   cpu      — runnable at least half the window (on a CPU, user or kernel
+//              time, or waiting for one less than half the time);
 //   syscall  — blocked in a system call (sleeping or disk wait);
 //   unknown  — none of these could be told.
 Cause classify(const CauseInput &in);

@@ -9,6 +9,9 @@
 // (Precision itself is measured by bench/, not asserted here.)
 #include <doctest/doctest.h>
 #include <dlfcn.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/wait.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <dirent.h>
@@ -529,5 +532,189 @@ TEST_SUITE("external heartbeat") {
     const double d = col.of_type("stall_end")[0].j["duration_ms"].get<double>();
     CHECK(d >= 300 - kEarlyMs);
     CHECK(d <= 300 + 20 + kLateMs);
+  }
+}
+
+TEST_SUITE("diagnosis") {
+  // The first record of the run's only stall.
+  nlohmann::json first_stall(const uvt::WatchedLoop &wl) {
+    REQUIRE(wl.col.wait_count("stall_end", 1, 5000));
+    auto stalls = wl.col.of_type("stall");
+    REQUIRE(!stalls.empty());
+    return stalls[0].j;
+  }
+
+  TEST_CASE("a busy loop is cause cpu") {
+    uvt::WatchedLoop wl;
+    wl.after(50, [] { uvstall_test_busy(300); });
+    wl.run();
+    auto s = first_stall(wl);
+    INFO(s.dump());
+    CHECK(s["cause"] == "cpu");
+    CHECK(s["thread"]["state"] == "running");
+    // On a CPU, or runnable and waiting for one (a loaded machine), most of
+    // the window.
+    CHECK(s["thread"]["cpu_ms"].get<double>() + s["thread"]["runqueue_ms"].get<double>() >=
+          0.5 * s["thread"]["window_ms"].get<double>());
+  }
+
+  TEST_CASE("nanosleep is cause syscall, clock_nanosleep") {
+    uvt::WatchedLoop wl;
+    wl.after(50, [] { uvstall_test_sleep(300); });
+    wl.run();
+    auto s = first_stall(wl);
+    INFO(s.dump());
+    CHECK(s["cause"] == "syscall");
+    CHECK(s["thread"]["syscall"] == "clock_nanosleep");
+    CHECK(s["thread"]["state"] == "sleeping");
+  }
+
+  TEST_CASE("a read on a pipe is cause syscall, read, and names the pipe") {
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    std::thread writer([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(350));
+      REQUIRE(write(fds[1], "x", 1) == 1);
+    });
+    uvt::WatchedLoop wl;
+    wl.after(50, [&] { uvstall_test_pipe_read(fds[0]); });
+    wl.run();
+    writer.join();
+    auto s = first_stall(wl);
+    INFO(s.dump());
+    CHECK(s["cause"] == "syscall");
+    CHECK(s["thread"]["syscall"] == "read");
+    CHECK(s["thread"]["fd"].get<std::string>().rfind("pipe:[", 0) == 0);
+    close(fds[0]);
+    close(fds[1]);
+  }
+
+  TEST_CASE("SIGSTOP/SIGCONT of the whole process is cause paused") {
+    uvt::WatchedLoop wl;
+    wl.after(50, [] {
+      // The loop is busy when a child stops the whole process for 600 ms:
+      // the sentinel wakes that late too, so nobody's code is to blame.
+      const pid_t parent = getpid();
+      const pid_t child = fork();
+      if (child == 0) {
+        usleep(20000);
+        kill(parent, SIGSTOP);
+        usleep(600000);
+        kill(parent, SIGCONT);
+        _exit(0);
+      }
+      uvstall_test_busy(800);
+      waitpid(child, nullptr, 0);
+    });
+    wl.run();
+    auto s = first_stall(wl);
+    INFO(s.dump());
+    CHECK(s["cause"] == "paused");
+    CHECK(s["thread"]["sentinel_late_ms"].get<double>() >= 300);
+  }
+
+  TEST_CASE("a busy loop sharing its CPU with two busy threads is cause runqueue") {
+    // Pin the loop thread and two spinning threads to one CPU: the loop's
+    // 300 ms of work take about three times as long, waiting for the CPU
+    // two thirds of the time.
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(0, &one);
+    std::atomic<bool> stop{false};
+    auto spin = [&] {
+      pthread_setaffinity_np(pthread_self(), sizeof one, &one);
+      while (!stop) {
+      }
+    };
+    cpu_set_t before;
+    pthread_getaffinity_np(pthread_self(), sizeof before, &before);
+    REQUIRE(pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0);
+    std::thread t1(spin), t2(spin);
+    {
+      uvt::WatchedLoop wl;
+      wl.after(50, [] { uvstall_test_busy(600); });  // wall time: busy with others
+      wl.run();
+      stop = true;
+      auto s = first_stall(wl);
+      INFO(s.dump());
+      CHECK(s["cause"] == "runqueue");
+      CHECK(s["thread"]["runqueue_ms"].get<double>() >= 0.5 * s["thread"]["window_ms"].get<double>());
+    }
+    t1.join();
+    t2.join();
+    pthread_setaffinity_np(pthread_self(), sizeof before, &before);
+  }
+
+  TEST_CASE("an idle loop next to busy threads on its CPU does not stall") {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(0, &one);
+    std::atomic<bool> stop{false};
+    auto spin = [&] {
+      pthread_setaffinity_np(pthread_self(), sizeof one, &one);
+      while (!stop) {
+      }
+    };
+    cpu_set_t before;
+    pthread_getaffinity_np(pthread_self(), sizeof before, &before);
+    REQUIRE(pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0);
+    std::thread t1(spin), t2(spin);
+    uvt::WatchedLoop wl;
+    wl.after(1500, [] {});
+    wl.run();
+    stop = true;
+    t1.join();
+    t2.join();
+    pthread_setaffinity_np(pthread_self(), sizeof before, &before);
+    CHECK(wl.col.of_type("stall").empty());
+  }
+
+  TEST_CASE("a long stall is sampled again with growing gaps") {
+    uvt::WatchedLoop wl;
+    wl.after(50, [] { uvstall_test_busy(2500); });
+    wl.run();
+    REQUIRE(wl.col.wait_count("stall_end", 1, 5000));
+    auto stalls = wl.col.of_type("stall");
+    // At about 100, 200, 400, 800 and 1600 ms of a 2.5 s stall.
+    REQUIRE(stalls.size() >= 5);
+    double prev_gap = 0;
+    for (size_t i = 0; i < stalls.size(); ++i) {
+      CHECK(stalls[i].j["sample"] == i);
+      CHECK(stalls[i].j["fingerprint"] == stalls[0].j["fingerprint"]);
+      CHECK(uvt::frames_name(stalls[i].j, "uvstall_test_busy"));
+      if (i >= 2) {
+        const double gap = stalls[i].j["blocked_ms"].get<double>() -
+                           stalls[i - 1].j["blocked_ms"].get<double>();
+        CHECK(gap > prev_gap);
+        prev_gap = gap;
+      } else if (i == 1) {
+        prev_gap = stalls[1].j["blocked_ms"].get<double>() - stalls[0].j["blocked_ms"].get<double>();
+      }
+    }
+    // Every sample while the loop was still blocked.
+    for (const auto &r : stalls) CHECK(r.arrived_ns < uvt::g_culprit_end_ns.load());
+  }
+
+  TEST_CASE("the application context of the stalled request is in the report") {
+    uvt::WatchedLoop wl;
+    wl.after(50, [&] {
+      REQUIRE(uvstall_set_context(wl.watch, "route", "/api/slow") == 0);
+      REQUIRE(uvstall_set_context(wl.watch, "request_id", "r-17") == 0);
+      uvstall_test_busy(200);
+      REQUIRE(uvstall_set_context(wl.watch, "route", nullptr) == 0);
+    });
+    wl.after(400, [] { uvstall_test_busy(200); });
+    wl.run();
+    REQUIRE(wl.col.wait_count("stall_end", 2, 5000));
+    auto ids = stall_ids(wl.col.of_type("stall"));
+    REQUIRE(ids.size() == 2);
+    auto stalls = wl.col.of_type("stall");
+    CHECK(stalls.front().j["context"]["route"] == "/api/slow");
+    CHECK(stalls.front().j["context"]["request_id"] == "r-17");
+    CHECK_FALSE(stalls.back().j["context"].contains("route"));
+    CHECK(stalls.back().j["context"]["request_id"] == "r-17");
+    int rc = 0;
+    uvt::on_thread([&] { rc = uvstall_set_context(wl.watch, "k", "v"); });
+    CHECK(rc == UVSTALL_EWRONGTHREAD);
   }
 }
