@@ -1,0 +1,667 @@
+"""The Python package on real asyncio programs: the default loop and
+Debian's uvloop, blocked by the classic culprits, run with
+`python3 -m uvstall` and with uvstall.watch().
+
+    test_uvstall.py [--lang-frames] CLASS [CLASS...]
+
+Needs $UVSTALL_LIBRARY (the built library) and the package on PYTHONPATH;
+python3-uvloop and python3-jsonschema must be installed: a missing one is a
+failure, never a skip. Timing tolerances are for a noisy 2-core machine and
+are stated where they are asserted.
+
+lang_frames come from the library (issue 5's CPython reader); the tests
+that judge them have lang_frames in their names and run as their own meson
+test (`--lang-frames`).
+"""
+
+import asyncio
+import datetime
+import http.server
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+APPS = os.path.join(HERE, "apps")
+SCHEMA = os.path.join(HERE, "..", "..", "docs", "report.schema.json")
+PY = sys.executable
+
+# A stall is reported once the heartbeat is threshold (100 ms by default)
+# late; the first record must then come while the loop is still blocked.
+# Every culprit blocks for ~400 ms, so a report is "during the stall" when
+# its time falls inside the culprit's [start, end] (record times have
+# millisecond precision: 2 ms of slack).
+CLOCK_SLACK_S = 0.002
+
+SUMMARY = []  # (what, value) printed at the end of the run
+
+
+def require_env():
+    lib = os.environ.get("UVSTALL_LIBRARY")
+    if not lib or not os.path.exists(lib):
+        raise AssertionError("UVSTALL_LIBRARY must name the built libuvstall.so.1 (got %r)" % lib)
+
+
+def record_time(r):
+    return datetime.datetime.strptime(r["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+
+
+def marks(path):
+    """{"sleep": line, ...} from the '# BLOCKS: name' comments of an app."""
+    out = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            m = re.search(r"# BLOCKS: (\w+)", line)
+            if m:
+                out[m.group(1)] = n
+    return out
+
+
+def read_records(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def validate(testcase, records):
+    import jsonschema  # python3-jsonschema: required
+    with open(SCHEMA) as f:
+        schema = json.load(f)
+    for r in records:
+        try:
+            jsonschema.validate(r, schema)
+        except jsonschema.ValidationError as e:
+            testcase.fail("record does not match docs/report.schema.json: %s\n%s" % (
+                e.message, json.dumps(r)[:600]))
+
+
+def run_app(args, *, uvstall_opts=(), env=None, plain=False, cwd=None, timeout=60):
+    """Runs an app under `python3 -m uvstall` (or plainly); returns the
+    CompletedProcess and the records written to the output file."""
+    out = tempfile.NamedTemporaryFile(prefix="uvstall-py-", suffix=".jsonl", delete=False)
+    out.close()
+    try:
+        cmd = [PY] + args if plain else (
+            [PY, "-m", "uvstall", "--output-path", out.name] + list(uvstall_opts) + args)
+        e = dict(os.environ)
+        e.update(env or {})
+        p = subprocess.run(cmd, capture_output=True, text=True, env=e, cwd=cwd, timeout=timeout)
+        return p, read_records(out.name)
+    finally:
+        os.unlink(out.name)
+
+
+def stalls(records):
+    return [r for r in records if r["type"] == "stall"]
+
+
+def stall_ids(records):
+    """Distinct stalls (a long stall may have several sample records)."""
+    return {r["stall_id"] for r in stalls(records)}
+
+
+class SlowServer:
+    """A loopback HTTP server that answers each request after delay_s."""
+
+    def __init__(self, delay_s):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                time.sleep(delay_s)
+                body = b"slow answer\n"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d/slow" % self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# ---------------------------------------------------------------- culprits
+
+class Culprits:
+    """One run of apps/culprits.py with every culprit, under
+    `python3 -m uvstall` with the default options (interval 20 ms, threshold
+    100 ms); the test methods judge its records."""
+
+    LOOP = None
+    CULPRITS = ("sleep", "http", "json", "re", "read")
+    APP = os.path.join(APPS, "culprits.py")
+
+    @classmethod
+    def setUpClass(cls):
+        require_env()
+        server = SlowServer(0.45)
+        try:
+            cls.proc, cls.records = run_app(
+                [cls.APP, cls.LOOP, ",".join(cls.CULPRITS), server.url])
+        finally:
+            server.close()
+        cls.windows = {}
+        for line in cls.proc.stdout.splitlines():
+            w = json.loads(line)
+            cls.windows[w["culprit"]] = w
+        cls.lines = marks(cls.APP)
+
+    def during(self, name):
+        """The stall records made while culprit `name` blocked the loop."""
+        w = self.windows[name]
+        return [r for r in stalls(self.records)
+                if w["start"] - CLOCK_SLACK_S <= record_time(r) <= w["end"] + CLOCK_SLACK_S]
+
+    def test_program_ran_to_the_end(self):
+        self.assertEqual(self.proc.returncode, 0, self.proc.stderr)
+        self.assertEqual(sorted(self.windows), sorted(self.CULPRITS), self.proc.stdout)
+        self.assertEqual(self.proc.stderr, "")
+
+    def test_loop_kind(self):
+        want = "uvloop" if self.LOOP.startswith("uvloop") else "asyncio"
+        for w in self.windows.values():
+            self.assertTrue(w["loop"].startswith(want), w)
+        names = {r["loop"] for r in self.records if "loop" in r}
+        self.assertEqual(names, {want + "-1"})
+
+    def test_each_culprit_reported_while_it_blocks(self):
+        for name in self.CULPRITS:
+            with self.subTest(culprit=name):
+                got = self.during(name)
+                self.assertTrue(got, "no stall record during %s %s; records: %s" % (
+                    name, self.windows[name], [(r["type"], r["time"]) for r in self.records]))
+                first = got[0]
+                self.assertEqual(first["capture"], "ok", first)
+                self.assertGreaterEqual(first["blocked_ms"], 100)
+                self.assertTrue(first["frames"])
+                lag = record_time(first) - self.windows[name]["start"]
+                SUMMARY.append(("%s %s: stall start to first record (ms)" % (self.LOOP, name),
+                                round(lag * 1000)))
+
+    def test_native_frames_name_the_system_call(self):
+        # Some sample of the stall is in the system call (a sample may land
+        # between two reads).
+        for name, call in (("sleep", "clock_nanosleep"), ("read", "read")):
+            if name in self.CULPRITS:
+                tops = [[f["symbol"] for f in r["frames"][:3]] for r in self.during(name)]
+                self.assertTrue(any(call in top for top in tops), (name, tops))
+
+    def test_every_stall_ends_once_with_its_duration(self):
+        ends = {r["stall_id"]: r for r in self.records if r["type"] == "stall_end"}
+        for name in self.CULPRITS:
+            with self.subTest(culprit=name):
+                sid = self.during(name)[0]["stall_id"]
+                end = ends[sid]
+                self.assertEqual(end["ended_by"], "loop")
+                # ~400 ms blocked (450 for http); the end is the first beat
+                # after it, so up to one interval (20 ms) more, plus a noisy
+                # machine's scheduling: [350, 700] ms.
+                self.assertGreaterEqual(end["duration_ms"], 350)
+                self.assertLessEqual(end["duration_ms"], 700)
+        self.assertEqual(len([r for r in self.records if r["type"] == "stall_end"]),
+                         len({r["stall_id"] for r in stalls(self.records)}))
+
+    def test_records_match_the_schema(self):
+        validate(self, self.records)
+
+    def test_lang_frames_name_coroutine_and_line(self):
+        for name in self.CULPRITS:
+            with self.subTest(culprit=name):
+                r = self.during(name)[0]
+                lf = r.get("lang_frames")
+                self.assertTrue(lf, "no lang_frames in the stall record of %s" % name)
+                want = ("culprit_" + name, self.lines[name])
+                got = [(f.get("function"), f.get("line")) for f in lf
+                       if os.path.basename(f.get("file") or "") == "culprits.py"]
+                self.assertIn(want, got, lf)
+                self.assertEqual(lf[0].get("lang"), "python")
+
+
+class CulpritsAsyncio(Culprits, unittest.TestCase):
+    LOOP = "asyncio"
+
+
+class CulpritsUvloopInstall(Culprits, unittest.TestCase):
+    LOOP = "uvloop-install"
+
+    @classmethod
+    def setUpClass(cls):
+        import uvloop  # python3-uvloop: required
+        assert uvloop
+        super().setUpClass()
+
+
+class CulpritsUvloopNew(Culprits, unittest.TestCase):
+    LOOP = "uvloop-new"
+    CULPRITS = ("sleep",)
+
+    @classmethod
+    def setUpClass(cls):
+        import uvloop  # python3-uvloop: required
+        assert uvloop
+        super().setUpClass()
+
+
+# ---------------------------------------------------------------- launcher
+
+class Launcher(unittest.TestCase):
+    """python3 -m uvstall leaves the program's behaviour alone."""
+
+    EXITS = os.path.join(APPS, "exits.py")
+
+    def setUp(self):
+        require_env()
+
+    def test_sys_exit_3(self):
+        p, records = run_app([self.EXITS, "exit3"])
+        plain, _ = run_app([self.EXITS, "exit3"], plain=True)
+        self.assertEqual(p.returncode, 3, p.stderr)
+        self.assertEqual((p.stdout, p.stderr), (plain.stdout, plain.stderr))
+        self.assertEqual(len(stall_ids(records)), 1, records)
+
+    def test_uncaught_exception(self):
+        p, records = run_app([self.EXITS, "raise"])
+        plain, _ = run_app([self.EXITS, "raise"], plain=True)
+        self.assertEqual(plain.returncode, 1)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("ValueError: boom from the app", p.stderr)
+        # The same traceback, frame for frame: none of ours or runpy's.
+        self.assertEqual(p.stderr, plain.stderr)
+        self.assertEqual(p.stdout, plain.stdout)
+        self.assertEqual(len(stall_ids(records)), 1, records)
+
+    def test_argv_name_and_output(self):
+        p, _ = run_app([self.EXITS, "ok"])
+        plain, _ = run_app([self.EXITS, "ok"], plain=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout, plain.stdout)
+        self.assertIn("__main__", p.stdout)
+
+    def test_module_mode(self):
+        p, records = run_app(["-m", "stallmod", "a", "-b"], cwd=APPS)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout, "module __main__ ['a', '-b']\n")
+        self.assertEqual(len(stall_ids(records)), 1, records)
+
+    def test_module_mode_lang_frames(self):
+        _, records = run_app(["-m", "stallmod"], cwd=APPS)
+        lf = stalls(records)[0].get("lang_frames") or []
+        want = ("blocked_in_module", marks(os.path.join(APPS, "stallmod.py"))["module"])
+        self.assertIn(want, [(f.get("function"), f.get("line")) for f in lf], lf)
+
+    def test_threads_with_their_own_loops(self):
+        p, records = run_app([os.path.join(APPS, "threads.py")])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        windows = [json.loads(line) for line in p.stdout.splitlines()]
+        self.assertEqual(len({w["tid"] for w in windows}), 3)
+        names = set()
+        for w in windows:
+            with self.subTest(tid=w["tid"]):
+                got = [r for r in stalls(records) if r["tid"] == w["tid"] and
+                       w["start"] - CLOCK_SLACK_S <= record_time(r) <= w["end"] + CLOCK_SLACK_S]
+                self.assertTrue(got, (w, records))
+                names.add(got[0]["loop"])
+        self.assertEqual(len(names), 3, names)
+        # No thread is reported stalled outside its own time.sleep.
+        self.assertEqual(len(stall_ids(records)), 3)
+
+    def test_threads_lang_frames(self):
+        _, records = run_app([os.path.join(APPS, "threads.py")])
+        line = marks(os.path.join(APPS, "threads.py"))["thread"]
+        for r in stalls(records):
+            lf = r.get("lang_frames") or []
+            self.assertIn(("stall_in_thread", line),
+                          [(f.get("function"), f.get("line")) for f in lf], lf)
+
+    def test_missing_library_fails_before_the_program(self):
+        p, _ = run_app([self.EXITS, "ok"], env={"UVSTALL_LIBRARY": "/nonexistent/libuvstall.so.1"})
+        self.assertEqual(p.returncode, 2)
+        self.assertEqual(p.stdout, "")
+        self.assertEqual(len(p.stderr.splitlines()), 1, p.stderr)
+        self.assertTrue(p.stderr.startswith("uvstall: cannot load libuvstall.so.1"), p.stderr)
+
+    def test_bad_options_fail_before_the_program(self):
+        for opts, msg in ((["--interval-ms", "0"], "interval_ms must be between"),
+                          (["--threshold-ms", "30"], "threshold_ms must be"),
+                          (["--max-frames", "999"], "max_frames must be"),
+                          (["--output-path", "/nonexistent/dir/x.jsonl"], "output_path")):
+            with self.subTest(opts=opts):
+                p = subprocess.run([PY, "-m", "uvstall"] + opts + [self.EXITS, "ok"],
+                                   capture_output=True, text=True)
+                self.assertEqual(p.returncode, 2, p.stderr)
+                self.assertEqual(p.stdout, "")
+                self.assertIn(msg, p.stderr)
+
+    def test_help_and_no_program(self):
+        p = subprocess.run([PY, "-m", "uvstall", "--help"], capture_output=True, text=True)
+        self.assertEqual(p.returncode, 0)
+        self.assertIn("--threshold-ms", p.stdout)
+        p = subprocess.run([PY, "-m", "uvstall"], capture_output=True, text=True)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("no program to run", p.stderr)
+
+
+# ---------------------------------------------------------------- watch()
+
+def run_watched(make_loop, body, **watch_opts):
+    """Runs `body(watch)` (a coroutine function) on a fresh loop inside
+    uvstall.watch(**watch_opts); returns (watch, records, body's result)."""
+    import uvstall
+    records = []
+    loop = make_loop()
+    result = {}
+
+    async def main():
+        with uvstall.watch(on_report=records.append, **watch_opts) as w:
+            result["value"] = await body(w)
+        return w
+    try:
+        w = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    # Records reach on_report asynchronously: wait for all that were written.
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and len(records) < w.stats().reports_written:
+        time.sleep(0.01)
+    return w, [json.loads(r) for r in records], result.get("value")
+
+
+def blocking_body(seconds):
+    async def body(w):
+        await asyncio.sleep(0.05)
+        start = time.time()
+        time.sleep(seconds)
+        end = time.time()
+        await asyncio.sleep(0.05)
+        return start, end
+    return body
+
+
+class WatchApi(unittest.TestCase):
+    def setUp(self):
+        require_env()
+
+    def check_one_stall(self, make_loop):
+        import uvstall
+        w, records, (start, end) = run_watched(make_loop, blocking_body(0.3),
+                                               threshold_ms=60, interval_ms=10)
+        types = [r["type"] for r in records]
+        self.assertEqual(types[0], "start")
+        self.assertEqual(types.count("stall_end"), 1)
+        self.assertEqual(len(stall_ids(records)), 1)
+        first = stalls(records)[0]
+        self.assertTrue(start - CLOCK_SLACK_S <= record_time(first) <= end + CLOCK_SLACK_S,
+                        (start, first["time"], end))
+        st = w.stats()
+        self.assertIsInstance(st, uvstall.Stats)
+        self.assertFalse(w.active)
+        self.assertEqual(st.stalls, 1)
+        # ~0.4 s in all with beats every 10 ms, 0.3 s of it blocked: ~10
+        # beats; the bounds allow a noisy machine.
+        self.assertGreaterEqual(st.ticks, 4)
+        self.assertLessEqual(st.ticks, 40)
+        self.assertGreaterEqual(st.stalled_ms_total, 290)
+        self.assertGreaterEqual(st.reports_written, 3)
+        return records
+
+    def test_default_loop(self):
+        records = self.check_one_stall(asyncio.new_event_loop)
+        self.assertTrue(records[0]["loop"].startswith("asyncio-"))
+
+    def test_uvloop(self):
+        import uvloop  # python3-uvloop: required
+        records = self.check_one_stall(uvloop.new_event_loop)
+        self.assertTrue(records[0]["loop"].startswith("uvloop-"))
+
+    def test_watch_records_match_the_schema(self):
+        _, records, _ = run_watched(asyncio.new_event_loop, blocking_body(0.2),
+                                    threshold_ms=60, interval_ms=10)
+        self.assertEqual(len(stall_ids(records)), 1)
+        validate(self, records)
+
+    def test_watch_lang_frames(self):
+        _, records, _ = run_watched(asyncio.new_event_loop, blocking_body(0.2),
+                                    threshold_ms=60, interval_ms=10)
+        lf = stalls(records)[0].get("lang_frames") or []
+        self.assertIn("body", [f.get("function") for f in lf], lf)
+
+    def test_on_report_with_a_watch_left_running_at_exit(self):
+        # A daemon thread's loop is still watched (and stalled) when the
+        # program exits: the library then writes its exit records, after
+        # the interpreter is gone. That must not crash the program.
+        code = ("import asyncio, threading, time, uvstall\n"
+                "def loop_thread():\n"
+                "    loop = asyncio.new_event_loop()\n"
+                "    async def main():\n"
+                "        uvstall.watch(on_report=print, threshold_ms=40, interval_ms=10)\n"
+                "    loop.run_until_complete(main())\n"
+                "    time.sleep(5)\n"
+                "threading.Thread(target=loop_thread, daemon=True).start()\n"
+                "time.sleep(0.3)\n"
+                "print('main done', flush=True)\n")
+        p = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("main done", p.stdout)
+        self.assertIn('"type":"stall"', p.stdout)
+
+    def test_on_report_runs_off_the_loop_thread(self):
+        import uvstall
+        threads = set()
+        loop = asyncio.new_event_loop()
+
+        async def main():
+            with uvstall.watch(on_report=lambda r: threads.add(threading.get_ident())):
+                await asyncio.sleep(0.05)
+        loop.run_until_complete(main())
+        loop.close()
+        time.sleep(0.2)
+        self.assertTrue(threads)
+        self.assertNotIn(threading.get_ident(), threads)
+
+    def test_a_thread_is_watched_once(self):
+        import uvstall
+        loop = asyncio.new_event_loop()
+
+        async def main():
+            with uvstall.watch() as first:
+                second = uvstall.watch()
+                self.assertTrue(first.active)
+                self.assertIs(uvstall.current(), first)
+                self.assertTrue(second.already_watched)
+                self.assertFalse(second.active)
+                self.assertIsNone(second.stats())
+                second.stop()  # quietly nothing
+            self.assertIsNone(uvstall.current())
+            with uvstall.watch() as third:  # free again
+                self.assertTrue(third.active)
+        loop.run_until_complete(main())
+        loop.close()
+
+    def test_stop_from_another_thread(self):
+        import uvstall
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+        box = {}
+
+        async def main():
+            box["w"] = uvstall.watch(on_report=lambda r: None)
+            started.set()
+            while box["w"].active:
+                await asyncio.sleep(0.01)
+        t = threading.Thread(target=loop.run_until_complete, args=(main(),))
+        t.start()
+        self.assertTrue(started.wait(5))
+        box["w"].stop()  # scheduled on the loop's thread
+        t.join(5)
+        self.assertFalse(t.is_alive())
+        self.assertFalse(box["w"].active)
+        self.assertIsNotNone(box["w"].stats())
+        loop.close()
+
+    def test_stop_from_another_thread_after_close_is_an_error(self):
+        import uvstall
+        loop = asyncio.new_event_loop()
+        box = {}
+
+        def in_thread():
+            async def main():
+                box["w"] = uvstall.watch(on_report=lambda r: None)
+            loop.run_until_complete(main())
+            loop.close()
+        t = threading.Thread(target=in_thread)
+        t.start()
+        t.join(5)
+        with self.assertRaisesRegex(RuntimeError, "loop is closed"):
+            box["w"].stop()
+
+    def test_watch_on_another_threads_loop_is_refused(self):
+        import uvstall
+        loop = asyncio.new_event_loop()
+        t = threading.Thread(target=loop.run_forever)
+        t.start()
+        try:
+            while not loop.is_running():
+                time.sleep(0.005)
+            with self.assertRaisesRegex(RuntimeError, "another thread"):
+                uvstall.watch(loop)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            t.join(5)
+            loop.close()
+
+    def test_no_running_loop(self):
+        import uvstall
+        with self.assertRaisesRegex(RuntimeError, "no running event loop"):
+            uvstall.watch()
+
+    def test_bad_options(self):
+        import uvstall
+        loop = asyncio.new_event_loop()
+        try:
+            with self.assertRaises(uvstall.UvstallError) as cm:
+                uvstall.watch(loop, interval_ms=0)
+            self.assertEqual(cm.exception.code, -3)
+            self.assertIn("interval_ms must be between 1 and 3600000", str(cm.exception))
+            with self.assertRaises(ValueError):
+                uvstall.watch(loop, threshold_ms=-1)
+            with self.assertRaises(TypeError):
+                uvstall.watch(loop, threshold_ms=1.5)
+            with self.assertRaisesRegex(ValueError, "not both"):
+                uvstall.watch(loop, on_report=print, output_path="/tmp/x")
+            self.assertIsNone(uvstall.current())
+        finally:
+            loop.close()
+
+    def test_set_context(self):
+        import uvstall
+
+        async def body(w):
+            w.set_context("job", "nightly-42")
+            uvstall.set_context("route", "/api/users")
+            await asyncio.sleep(0.05)
+            time.sleep(0.2)
+            await asyncio.sleep(0.05)
+            return dict(w.context)
+        w, records, ctx = run_watched(asyncio.new_event_loop, body, threshold_ms=60,
+                                      interval_ms=10)
+        self.assertEqual(ctx, {"job": "nightly-42", "route": "/api/users"})
+        if uvstall.library().set_context is not None:
+            text = json.dumps(stalls(records)[0].get("context"))
+            self.assertIn("nightly-42", text)
+            self.assertIn("/api/users", text)
+        uvstall.set_context("ignored", "not watched")  # no watch: nothing
+
+    def test_beat_cost(self):
+        import uvstall
+        lib = uvstall.library()
+        loop = asyncio.new_event_loop()
+
+        async def measure():
+            with uvstall.watch(interval_ms=1000, on_report=lambda r: None) as w:
+                h = w._h
+                n = 200000
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    lib.beat(h)
+                ctypes_us = (time.perf_counter() - t0) / n * 1e6
+                # The whole heartbeat callback: uvstall_beat + call_later.
+                tick = w._timer._callback
+                n2 = 20000
+                t0 = time.perf_counter()
+                for _ in range(n2):
+                    tick()
+                tick_us = (time.perf_counter() - t0) / n2 * 1e6
+            return ctypes_us, tick_us
+        ctypes_us, tick_us = loop.run_until_complete(measure())
+        loop.close()
+        SUMMARY.append(("uvstall_beat through ctypes (us)", round(ctypes_us, 2)))
+        SUMMARY.append(("heartbeat callback, beat + call_later re-arm (us)", round(tick_us, 2)))
+        # Loose bounds: a regression to something heavy (a lock, a system
+        # call per beat, a Python-level allocation storm) would break them.
+        self.assertLess(ctypes_us, 20)
+        self.assertLess(tick_us, 100)
+
+
+class OtherInterpreter(unittest.TestCase):
+    """A CPython that is not 3.11 ($UVSTALL_OTHER_PYTHON): the package still
+    runs (standard library only) and native frames are reported; the
+    library says once why there are no lang_frames."""
+
+    def test_native_frames_and_one_note(self):
+        require_env()
+        other = os.environ.get("UVSTALL_OTHER_PYTHON")
+        self.assertTrue(other, "set UVSTALL_OTHER_PYTHON to a CPython other than 3.11")
+        app = os.path.join(APPS, "threads.py")  # three loops: three starts
+        out = tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False)
+        out.close()
+        try:
+            p = subprocess.run([other, "-m", "uvstall", "--output-path", out.name, app],
+                               capture_output=True, text=True, timeout=60)
+            records = read_records(out.name)
+        finally:
+            os.unlink(out.name)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(len(stall_ids(records)), 3, records)
+        for r in stalls(records):
+            self.assertNotIn("lang_frames", r)
+            # time.sleep is clock_nanosleep from 3.11 on, select before.
+            self.assertTrue(any(f["symbol"] in ("clock_nanosleep", "select", "__select")
+                                for f in r["frames"][:3]), r["frames"][:3])
+        lines = p.stderr.splitlines()
+        self.assertEqual(len(lines), 1, p.stderr)
+        self.assertIn("3.11", lines[0])
+
+
+def main():
+    """test_uvstall.py [--lang-frames] CLASS...: the tests of CLASS whose
+    names mention lang_frames with --lang-frames, the others without."""
+    args = sys.argv[1:]
+    lang = "--lang-frames" in args
+    names = [a for a in args if a != "--lang-frames"]
+    suite = unittest.TestSuite()
+    for n in names:
+        for t in unittest.defaultTestLoader.loadTestsFromTestCase(globals()[n]):
+            if ("lang_frames" in t.id()) == lang:
+                suite.addTest(t)
+    if suite.countTestCases() == 0:
+        sys.exit("no tests selected by %s" % args)
+    result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(suite)
+    for what, value in SUMMARY:
+        print("measured: %s: %s" % (what, value))
+    sys.exit(0 if result.wasSuccessful() else 1)
+
+
+if __name__ == "__main__":
+    main()
