@@ -303,6 +303,15 @@ std::string request_capture(Watch *w) {
   return {};
 }
 
+// True when the loop's thread sits in epoll_wait on the loop's own backend
+// fd: the loop is idle and responsive, whatever its timer says.
+bool idle_in_own_poll(Watch *w, const ThreadSample &t) {
+  if (w->loop == nullptr || !t.ok) return false;
+  if (t.syscall_nr != SYS_epoll_wait && t.syscall_nr != SYS_epoll_pwait) return false;
+  std::lock_guard<std::mutex> lock(w->mu);
+  return !w->stopped && int(t.syscall_arg0) == uv_backend_fd(w->loop);
+}
+
 uint64_t begin_stall(Watch *w, uint64_t now) {
   if (w->paused.load(std::memory_order_seq_cst)) return now + kForeverNs;
   const uint64_t beat = w->last_beat_ns.load(std::memory_order_seq_cst);
@@ -323,6 +332,16 @@ uint64_t begin_stall(Watch *w, uint64_t now) {
   SentinelState &st = w->s;
   st = SentinelState{};
   st.first = w->probe != nullptr ? w->probe->read() : ThreadSample{};
+  if (idle_in_own_poll(w, st.first)) {
+    // Not a stall: the loop waits for I/O in its own epoll_wait, and only
+    // its timer is late — after a callback that ran a while (but less than
+    // the threshold), libuv polls with a timeout from its stale cached
+    // clock. Wake it so it beats now, and look again one interval later.
+    w->pending_stall.exchange(0, std::memory_order_seq_cst);
+    std::lock_guard<std::mutex> lock(w->mu);
+    if (w->async != nullptr) uv_async_send(w->async);
+    return now + uint64_t(w->cfg.interval_ms) * kNsPerMs;
+  }
   w->stalls.fetch_add(1, std::memory_order_relaxed);
   st.stall_id = id;
   st.start_bound_ns = beat;
