@@ -81,15 +81,24 @@ def _check(lib, rc):
         raise UvstallError(rc, "uvstall: " + lib.message(rc))
 
 
-def configure(*, signal=0, max_queued_reports=1024):
-    """Process-wide settings (uvstall_configure): the capture signal (0 = the
-    library's default, SIGRTMAX - 3) and how many records may wait for the
-    writer before they are dropped. Once, before the first watch starts."""
+def configure(*, signal=0, max_queued_reports=1024, max_stalls_per_minute=60,
+              summary_interval_ms=60000):
+    """Process-wide settings (uvstall_configure), once, before the first
+    watch starts:
+      signal                 capture signal; 0 = the library's, SIGRTMAX - 3
+      max_queued_reports     records waiting for the writer beyond this are
+                             dropped and counted (1..1000000)
+      max_stalls_per_minute  stalls reported per minute over all loops;
+                             more are only counted; 0 = unlimited
+      summary_interval_ms    how often a "summary" record is written while
+                             there are stalls; 0 = only at exit"""
     lib = library()
     popts = _lib.ProcessOptions()
     lib.process_options_init(ctypes.byref(popts))
     popts.signal = signal
     popts.max_queued_reports = _u32("max_queued_reports", max_queued_reports)
+    popts.max_stalls_per_minute = _u32("max_stalls_per_minute", max_stalls_per_minute)
+    popts.summary_interval_ms = _u32("summary_interval_ms", summary_interval_ms)
     _check(lib, lib.configure(ctypes.byref(popts)))
 
 
@@ -129,7 +138,8 @@ def _current_loop():
 
 
 def watch(loop=None, *, threshold_ms=0, interval_ms=20, output_path=None,
-          on_report=None, max_frames=64, capture_timeout_ms=50, loop_name=None):
+          on_report=None, max_frames=64, capture_timeout_ms=50, loop_name=None,
+          max_samples_per_stall=8, abort_after_ms=0):
     """Watches `loop` (default: the running loop) from now until .stop().
 
     Call on the thread that runs the loop, and keep running it there: the
@@ -146,6 +156,10 @@ def watch(loop=None, *, threshold_ms=0, interval_ms=20, output_path=None,
       max_frames         native frames per stall (1..256)
       capture_timeout_ms how long to wait for the stack (1..10000)
       loop_name          name in reports; None = "asyncio-N" / "uvloop-N"
+      max_samples_per_stall  records of one long stall (1..64): more
+                         samples at 2x, 4x, 8x... the threshold
+      abort_after_ms     0 = off; a stall this long is reported, then the
+                         loop thread gets SIGABRT (for a core dump)
     Raises UvstallError (bad options, ...) or LibraryNotFound. If this
     thread is already watched (preload mode, or another watch), returns an
     inactive Watch with already_watched set, quietly.
@@ -154,14 +168,17 @@ def watch(loop=None, *, threshold_ms=0, interval_ms=20, output_path=None,
         loop = _current_loop()
     return Watch(loop, threshold_ms=threshold_ms, interval_ms=interval_ms,
                  output_path=output_path, on_report=on_report, max_frames=max_frames,
-                 capture_timeout_ms=capture_timeout_ms, loop_name=loop_name)
+                 capture_timeout_ms=capture_timeout_ms, loop_name=loop_name,
+                 max_samples_per_stall=max_samples_per_stall,
+                 abort_after_ms=abort_after_ms)
 
 
 class Watch:
     """One watch of one loop. Use watch() to make one."""
 
     def __init__(self, loop, *, threshold_ms, interval_ms, output_path, on_report,
-                 max_frames, capture_timeout_ms, loop_name):
+                 max_frames, capture_timeout_ms, loop_name, max_samples_per_stall,
+                 abort_after_ms):
         import asyncio
         lib = library()
         if loop.is_running() and asyncio._get_running_loop() is not loop:
@@ -174,6 +191,8 @@ class Watch:
         opts.threshold_ms = _u32("threshold_ms", threshold_ms)
         opts.max_frames = _u32("max_frames", max_frames)
         opts.capture_timeout_ms = _u32("capture_timeout_ms", capture_timeout_ms)
+        opts.max_samples_per_stall = _u32("max_samples_per_stall", max_samples_per_stall)
+        opts.abort_after_ms = _u32("abort_after_ms", abort_after_ms)
         name = loop_name if loop_name is not None else _loop_name(loop)
         opts.loop_name = name.encode()
         fifo = None

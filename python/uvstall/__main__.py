@@ -47,10 +47,18 @@ def _parser():
                    help="name of every loop in reports (default asyncio-N / uvloop-N)")
     p.add_argument("--output-path", default=None, metavar="FILE",
                    help="append JSON Lines here (default: standard error)")
+    p.add_argument("--max-samples-per-stall", type=int, default=8, metavar="N",
+                   help="records of one long stall, 1..64 (default 8)")
+    p.add_argument("--abort-after-ms", type=int, default=0, metavar="N",
+                   help="abort (SIGABRT, for a core dump) after a stall of N ms (default 0: off)")
     p.add_argument("--signal", type=int, default=0, metavar="N",
                    help="capture signal (default 0 = SIGRTMAX - 3)")
     p.add_argument("--max-queued-reports", type=int, default=1024, metavar="N",
                    help="records waiting for the writer beyond N are dropped (default 1024)")
+    p.add_argument("--max-stalls-per-minute", type=int, default=60, metavar="N",
+                   help="stalls reported per minute, more are counted (default 60; 0: unlimited)")
+    p.add_argument("--summary-interval-ms", type=int, default=60000, metavar="N",
+                   help="summary record period while there are stalls (default 60000; 0: at exit)")
     p.add_argument("--version", action="store_true", help="print versions and exit")
     return p
 
@@ -60,7 +68,9 @@ def _split(argv):
     is not one of our options (or after `-m MODULE`, or after `--`)."""
     takes_value = {"--threshold-ms", "--interval-ms", "--max-frames",
                    "--capture-timeout-ms", "--loop-name", "--output-path",
-                   "--signal", "--max-queued-reports"}
+                   "--max-samples-per-stall", "--abort-after-ms", "--signal",
+                   "--max-queued-reports", "--max-stalls-per-minute",
+                   "--summary-interval-ms"}
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -96,8 +106,17 @@ def _check_options(lib, o):
                 pass
         except OSError as e:
             return "%s (%s)" % (lib.message(-8), e)
+    if not 1 <= o.max_samples_per_stall <= 64:
+        return lib.message(-19)
+    threshold = o.threshold_ms or max(100, 2 * o.interval_ms)
+    if o.abort_after_ms != 0 and not threshold <= o.abort_after_ms <= _LIMIT:
+        return lib.message(-20)
     if not 1 <= o.max_queued_reports <= 1000000:
         return lib.message(-12)
+    if not 0 <= o.max_stalls_per_minute <= 1000000:
+        return lib.message(-21)
+    if o.summary_interval_ms != 0 and not 100 <= o.summary_interval_ms <= 86400000:
+        return lib.message(-22)
     return None
 
 
@@ -137,9 +156,12 @@ def main(argv=None):
     if err is not None:
         sys.stderr.write("uvstall: %s\n" % err)
         return 2
-    if o.signal != 0 or o.max_queued_reports != 1024:
+    if (o.signal, o.max_queued_reports, o.max_stalls_per_minute,
+            o.summary_interval_ms) != (0, 1024, 60, 60000):
         try:
-            uvstall.configure(signal=o.signal, max_queued_reports=o.max_queued_reports)
+            uvstall.configure(signal=o.signal, max_queued_reports=o.max_queued_reports,
+                              max_stalls_per_minute=o.max_stalls_per_minute,
+                              summary_interval_ms=o.summary_interval_ms)
         except uvstall.UvstallError as e:
             sys.stderr.write("%s\n" % e)
             return 2
@@ -150,7 +172,9 @@ def main(argv=None):
     from . import _autowatch
     _autowatch.install(threshold_ms=o.threshold_ms, interval_ms=o.interval_ms,
                        max_frames=o.max_frames, capture_timeout_ms=o.capture_timeout_ms,
-                       loop_name=o.loop_name, output_path=o.output_path)
+                       loop_name=o.loop_name, output_path=o.output_path,
+                       max_samples_per_stall=o.max_samples_per_stall,
+                       abort_after_ms=o.abort_after_ms)
 
     # As `python3 app.py` / `python3 -m module` would: argv, sys.path[0],
     # a fresh __main__.

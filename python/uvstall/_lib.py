@@ -55,6 +55,8 @@ class Options(ctypes.Structure):
         ("output_path", ctypes.c_char_p),
         ("on_report", ctypes.c_void_p),
         ("report_arg", ctypes.c_void_p),
+        ("max_samples_per_stall", ctypes.c_uint32),
+        ("abort_after_ms", ctypes.c_uint32),
         _ROOM,
     ]
 
@@ -66,6 +68,8 @@ class ProcessOptions(ctypes.Structure):
         ("struct_size", ctypes.c_size_t),
         ("signal", ctypes.c_int),
         ("max_queued_reports", ctypes.c_uint32),
+        ("max_stalls_per_minute", ctypes.c_uint32),
+        ("summary_interval_ms", ctypes.c_uint32),
         _ROOM,
     ]
 

@@ -81,7 +81,8 @@ def validate(testcase, records):
                 e.message, json.dumps(r)[:600]))
 
 
-def run_app(args, *, uvstall_opts=(), env=None, plain=False, cwd=None, timeout=60):
+def run_app(args, *, uvstall_opts=(), env=None, plain=False, cwd=None, timeout=60,
+            preexec_fn=None):
     """Runs an app under `python3 -m uvstall` (or plainly); returns the
     CompletedProcess and the records written to the output file."""
     out = tempfile.NamedTemporaryFile(prefix="uvstall-py-", suffix=".jsonl", delete=False)
@@ -91,7 +92,8 @@ def run_app(args, *, uvstall_opts=(), env=None, plain=False, cwd=None, timeout=6
             [PY, "-m", "uvstall", "--output-path", out.name] + list(uvstall_opts) + args)
         e = dict(os.environ)
         e.update(env or {})
-        p = subprocess.run(cmd, capture_output=True, text=True, env=e, cwd=cwd, timeout=timeout)
+        p = subprocess.run(cmd, capture_output=True, text=True, env=e, cwd=cwd, timeout=timeout,
+                           preexec_fn=preexec_fn)
         return p, read_records(out.name)
     finally:
         os.unlink(out.name)
@@ -336,13 +338,39 @@ class Launcher(unittest.TestCase):
         for opts, msg in ((["--interval-ms", "0"], "interval_ms must be between"),
                           (["--threshold-ms", "30"], "threshold_ms must be"),
                           (["--max-frames", "999"], "max_frames must be"),
-                          (["--output-path", "/nonexistent/dir/x.jsonl"], "output_path")):
+                          (["--output-path", "/nonexistent/dir/x.jsonl"], "output_path"),
+                          (["--max-samples-per-stall", "0"], "max_samples_per_stall must be"),
+                          (["--abort-after-ms", "50"], "abort_after_ms must be"),
+                          (["--summary-interval-ms", "5"], "summary_interval_ms must be")):
             with self.subTest(opts=opts):
                 p = subprocess.run([PY, "-m", "uvstall"] + opts + [self.EXITS, "ok"],
                                    capture_output=True, text=True)
                 self.assertEqual(p.returncode, 2, p.stderr)
                 self.assertEqual(p.stdout, "")
                 self.assertIn(msg, p.stderr)
+
+    def test_per_watch_and_process_options_reach_the_library(self):
+        p, records = run_app([self.EXITS, "ok"], uvstall_opts=[
+            "--max-samples-per-stall", "1", "--max-stalls-per-minute", "5",
+            "--summary-interval-ms", "0", "--interval-ms", "10", "--threshold-ms", "50"])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(len(stalls(records)), 1, records)  # one sample only
+        start = [r for r in records if r["type"] == "start"][0]
+        self.assertEqual((start["options"]["interval_ms"], start["options"]["threshold_ms"]),
+                         (10, 50))
+        # Two stalls, one allowed per minute: the second is only counted.
+        p, records = run_app([os.path.join(APPS, "culprits.py"), "asyncio", "sleep,sleep"],
+                             uvstall_opts=["--max-stalls-per-minute", "1"])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(len(p.stdout.splitlines()), 2)
+        self.assertEqual(len(stall_ids(records)), 1, records)
+
+    def test_abort_after_ms(self):
+        import resource
+        p, records = run_app([self.EXITS, "ok"], uvstall_opts=["--abort-after-ms", "150"],
+                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)))
+        self.assertEqual(p.returncode, -6, p.stderr)  # SIGABRT, after the report
+        self.assertEqual(len(stall_ids(records)), 1, records)
 
     def test_help_and_no_program(self):
         p = subprocess.run([PY, "-m", "uvstall", "--help"], capture_output=True, text=True)
@@ -558,6 +586,9 @@ class WatchApi(unittest.TestCase):
                 uvstall.watch(loop, threshold_ms=-1)
             with self.assertRaises(TypeError):
                 uvstall.watch(loop, threshold_ms=1.5)
+            with self.assertRaises(uvstall.UvstallError) as cm:
+                uvstall.watch(loop, max_samples_per_stall=65)
+            self.assertIn("max_samples_per_stall must be between 1 and 64", str(cm.exception))
             with self.assertRaisesRegex(ValueError, "not both"):
                 uvstall.watch(loop, on_report=print, output_path="/tmp/x")
             self.assertIsNone(uvstall.current())
