@@ -8,6 +8,10 @@
  *          uv_loop_close's result, exits 7.
  *   norun  never runs a loop (prints one line, exits 0).
  *   kill   like stall, then kills itself with SIGTERM.
+ *
+ * Built a second time with UVSTALL_FAKE_PYTHON: it then exports
+ * Py_GetVersion() = "3.12.1 ...", so uvstall takes it for a CPython that is
+ * not 3.11 (lang_frames absent, said once).
  */
 #include <errno.h>
 #include <signal.h>
@@ -23,6 +27,12 @@ __attribute__((noinline, visibility("default"))) void c_host_blocking_sleep(int 
   while (nanosleep(&left, &left) != 0 && errno == EINTR) {
   }
 }
+
+#ifdef UVSTALL_FAKE_PYTHON
+__attribute__((visibility("default"))) const char *Py_GetVersion(void) {
+  return "3.12.1 (main, fake) [GCC 12.2.0]";
+}
+#endif
 
 static void on_timer(uv_timer_t *t) {
   (void)t;

@@ -28,6 +28,7 @@ import unittest
 
 RUN = os.environ["UVSTALL_RUN"]
 C_HOST = os.environ["UVSTALL_TEST_C_HOST"]
+C_HOST_FAKEPY = os.environ["UVSTALL_TEST_C_HOST_FAKEPY"]
 SCHEMA = os.environ.get("UVSTALL_SCHEMA")
 APPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "apps")
 PY = "/usr/bin/python3"
@@ -263,6 +264,21 @@ class MoreHosts(Base):
         d = self.end_of(records, s["stall_id"])["duration_ms"]
         self.assertGreaterEqual(d, 300 - EARLY_MS)
         self.assertLessEqual(d, 300 + LATE_MS)
+
+    def test_another_cpython_version_gets_native_frames_and_one_line(self):
+        # A host that exports Py_GetVersion() = "3.12.1 ...": a CPython
+        # uvstall does not read.
+        plain = self.run_cmd([C_HOST_FAKEPY, "stall"])
+        out = os.path.join(self.tmp, "s.jsonl")
+        watched = self.run_cmd([C_HOST_FAKEPY, "stall"], uvstall=["-o", out])
+        self.assert_same_host(plain, watched)
+        lines = watched.stderr.splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("no lang_frames", lines[0])
+        self.assertIn("CPython 3.12.1 is not 3.11", lines[0])
+        s = self.first_samples(read_jsonl(out))[0]
+        self.assertNotIn("lang_frames", s)
+        self.assertIn("c_host_blocking_sleep", [f["symbol"] for f in s["frames"]])
 
     def test_death_by_signal_is_passed_on(self):
         plain = self.run_cmd([C_HOST, "kill"])
