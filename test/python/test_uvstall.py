@@ -381,6 +381,56 @@ class Launcher(unittest.TestCase):
         self.assertIn("no program to run", p.stderr)
 
 
+class UnderPreload(unittest.TestCase):
+    """Preload mode ($UVSTALL_RUN, the build tree's uvstall-run) and the
+    package in one process: one copy of the library, one watch per thread."""
+
+    def run_preloaded(self, cmd):
+        require_env()
+        run = os.environ.get("UVSTALL_RUN")
+        self.assertTrue(run and os.path.exists(run), "UVSTALL_RUN must name uvstall-run")
+        out = tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False)
+        out.close()
+        try:
+            p = subprocess.run([PY, run, "-q", "-o", out.name, "--"] + cmd,
+                               capture_output=True, text=True, timeout=60)
+            return p, read_records(out.name)
+        finally:
+            os.unlink(out.name)
+
+    def test_watch_in_a_thread_preload_watches_is_quietly_inactive(self):
+        import uvloop  # python3-uvloop: required
+        assert uvloop
+        app = os.path.join(APPS, "under_preload.py")
+        p, records = self.run_preloaded([PY, app])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stderr, "")
+        state = json.loads(p.stdout)
+        self.assertEqual((state["already_watched"], state["active"]), (True, False))
+        self.assertEqual(len(state["copies"]), 1, state)
+        # Preload's watch reports the stall, with the coroutine's line.
+        self.assertEqual(len(stall_ids(records)), 1, records)
+        lf = stalls(records)[0].get("lang_frames") or []
+        self.assertIn(("blocked_under_preload", marks(app)["preload"]),
+                      [(f.get("function"), f.get("line")) for f in lf], lf)
+
+    def test_launcher_under_preload_watches_once(self):
+        out = tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False)
+        out.close()
+        try:
+            p, preload_records = self.run_preloaded(
+                [PY, "-m", "uvstall", "--output-path", out.name,
+                 os.path.join(APPS, "culprits.py"), "uvloop-install", "sleep"])
+            ours = read_records(out.name)
+        finally:
+            os.unlink(out.name)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        # The package's watch starts before uvloop's first uv_run, so it is
+        # the one; preload finds the thread watched and stays out.
+        self.assertEqual(len(stall_ids(ours)), 1, ours)
+        self.assertEqual(stall_ids(preload_records), set(), preload_records)
+
+
 # ---------------------------------------------------------------- watch()
 
 def run_watched(make_loop, body, **watch_opts):
