@@ -213,6 +213,15 @@ class MoreHosts(Base):
             self.assertGreaterEqual(d, 250 - EARLY_MS)
             self.assertLessEqual(d, 250 + LATE_MS)
 
+    def test_time_outside_uv_run_is_not_a_stall(self):
+        app = os.path.join(APPS, "outside_loop.py")
+        plain = self.run_cmd([PY, app])
+        out = os.path.join(self.tmp, "s.jsonl")
+        watched = self.run_cmd([PY, app], uvstall=["-o", out])
+        self.assert_same_host(plain, watched)
+        firsts = self.first_samples(read_jsonl(out))
+        self.assertEqual([s["lang_frames"][0]["function"] for s in firsts], ["blocks_inside"])
+
     def forker(self, extra):
         app = os.path.join(APPS, "forker.py")
         child = os.path.join(APPS, "child_app.py")
