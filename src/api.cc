@@ -1,4 +1,4 @@
-// Public functions shared by every heartbeat source (stop, stats) and the
+// Public functions shared by every heartbeat source (stop) and the
 // attach registry (see handle.h).
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -62,13 +62,6 @@ extern "C" int uvstall_stop(uvstall_t *h) {
   } else {
     uv_source_stop(h);
   }
-  return 0;
-}
-
-extern "C" int uvstall_get_stats(const uvstall_t *h, uvstall_stats_t *out) {
-  if (h == nullptr || out == nullptr || out->struct_size < sizeof(size_t) + sizeof(uint64_t))
-    return UVSTALL_EINVAL;
-  uvstall::internal::watch_stats(h->watch.get(), out);
   return 0;
 }
 

@@ -57,6 +57,9 @@ int resolve_options(const uvstall_options_t *opts, Config *out) {
   if (o.abort_after_ms != 0 &&
       (o.abort_after_ms < threshold || o.abort_after_ms > kMaxAbortAfterMs))
     return UVSTALL_EABORTAFTER;
+  if (o.metrics_interval_ms != 0 && (o.metrics_interval_ms < kMinMetricsIntervalMs ||
+                                     o.metrics_interval_ms > kMaxMetricsIntervalMs))
+    return UVSTALL_EMETRICSINTERVAL;
 
   Config c;
   c.interval_ms = o.interval_ms;
@@ -72,6 +75,7 @@ int resolve_options(const uvstall_options_t *opts, Config *out) {
   c.report_arg = o.report_arg;
   c.max_samples_per_stall = o.max_samples_per_stall;
   c.abort_after_ms = o.abort_after_ms;
+  c.metrics_interval_ms = o.metrics_interval_ms;
   *out = std::move(c);
   return 0;
 }
@@ -96,6 +100,15 @@ int resolve_process_options(const uvstall_process_options_t *popts,
   if (p.summary_interval_ms != 0 && (p.summary_interval_ms < kMinSummaryIntervalMs ||
                                      p.summary_interval_ms > kMaxSummaryIntervalMs))
     return UVSTALL_ESUMMARY;
+  std::string host;
+  uint16_t port = 0;
+  if (p.metrics_addr != nullptr && !parse_metrics_addr(p.metrics_addr, &host, &port))
+    return UVSTALL_EMETRICSADDR;
+  if (p.metrics_file != nullptr && !metrics_file_usable(p.metrics_file))
+    return UVSTALL_EMETRICSFILE;
+  out->metrics_host = host;
+  out->metrics_port = port;
+  out->metrics_file = p.metrics_file != nullptr ? p.metrics_file : "";
   out->signal = sig;
   out->max_queued_reports = p.max_queued_reports;
   out->max_stalls_per_minute = p.max_stalls_per_minute;
@@ -117,6 +130,7 @@ void uvstall_options_init(uvstall_options_t *opts) {
   opts->capture_timeout_ms = uvstall::internal::kDefaultCaptureTimeoutMs;
   opts->max_samples_per_stall = uvstall::internal::kDefaultMaxSamples;
   opts->abort_after_ms = 0;
+  opts->metrics_interval_ms = 0;
 }
 
 void uvstall_process_options_init(uvstall_process_options_t *popts) {
@@ -127,6 +141,8 @@ void uvstall_process_options_init(uvstall_process_options_t *popts) {
   popts->max_queued_reports = uvstall::internal::kDefaultMaxQueuedReports;
   popts->max_stalls_per_minute = uvstall::internal::kDefaultStallsPerMinute;
   popts->summary_interval_ms = uvstall::internal::kDefaultSummaryIntervalMs;
+  popts->metrics_addr = nullptr;
+  popts->metrics_file = nullptr;
 }
 
 const char *uvstall_strerror(int err) {

@@ -2,6 +2,8 @@
 // validate once at start and hand the resolved Config to everything else.
 #pragma once
 
+#include <arpa/inet.h>
+#include <unistd.h>
 #include <uvstall/uvstall.h>
 
 #include <cstdint>
@@ -29,6 +31,9 @@ constexpr uint32_t kMaxStallsPerMinute = 1000000;
 constexpr uint32_t kDefaultSummaryIntervalMs = 60000;
 constexpr uint32_t kMinSummaryIntervalMs = 100;
 constexpr uint32_t kMaxSummaryIntervalMs = 86400000;
+constexpr uint32_t kMinMetricsIntervalMs = 100;
+constexpr uint32_t kMaxMetricsIntervalMs = 86400000;
+constexpr uint16_t kDefaultMetricsPort = 9464;
 
 // Options of one watch, resolved (threshold computed, strings copied).
 struct Config {
@@ -43,6 +48,7 @@ struct Config {
   void *report_arg = nullptr;
   uint32_t max_samples_per_stall = kDefaultMaxSamples;
   uint32_t abort_after_ms = 0;  // 0: off
+  uint32_t metrics_interval_ms = 0;  // 0: no "metrics" records
 };
 
 // Process-wide settings, resolved.
@@ -51,7 +57,50 @@ struct ProcessConfig {
   uint32_t max_queued_reports = kDefaultMaxQueuedReports;
   uint32_t max_stalls_per_minute = kDefaultStallsPerMinute;  // 0: unlimited
   uint32_t summary_interval_ms = kDefaultSummaryIntervalMs;  // 0: at exit only
+  std::string metrics_host;   // numeric address; empty: no endpoint
+  uint16_t metrics_port = 0;
+  std::string metrics_file;   // empty: no textfile
 };
+
+// "9464", "HOST:9464", "[V6]:9464" into a numeric host and a port (a bare
+// port listens on 127.0.0.1). False when malformed. Inline, like the next
+// one, so that src/env.cc (built into the preload shim too) checks the
+// UVSTALL_* values with the same rules.
+inline bool parse_metrics_addr(const char *text, std::string *host, uint16_t *port) {
+  if (text == nullptr) return false;
+  const std::string s(text);
+  std::string h = "127.0.0.1", p = s;
+  if (!s.empty() && s[0] == '[') {
+    const size_t close = s.find("]:");
+    if (close == std::string::npos) return false;
+    h = s.substr(1, close - 1);
+    p = s.substr(close + 2);
+  } else if (s.find(':') != std::string::npos) {
+    const size_t colon = s.rfind(':');
+    h = s.substr(0, colon);
+    p = s.substr(colon + 1);
+    if (h.find(':') != std::string::npos) return false;  // IPv6 needs brackets
+  }
+  if (p.empty() || p.size() > 5 || p.find_first_not_of("0123456789") != std::string::npos)
+    return false;
+  const unsigned long n = std::stoul(p);
+  if (n < 1 || n > 65535) return false;
+  unsigned char buf[16];
+  if (inet_pton(AF_INET, h.c_str(), buf) != 1 && inet_pton(AF_INET6, h.c_str(), buf) != 1)
+    return false;
+  *host = h;
+  *port = uint16_t(n);
+  return true;
+}
+
+// The textfile is replaced by rename: its directory must take new files.
+inline bool metrics_file_usable(const std::string &path) {
+  if (path.empty() || path.back() == '/') return false;
+  const size_t slash = path.rfind('/');
+  const std::string dir =
+      slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  return access(dir.c_str(), W_OK | X_OK) == 0;
+}
 
 // max(100, 2 x interval): the automatic threshold.
 uint32_t auto_threshold_ms(uint32_t interval_ms);

@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstring>
+#include <unistd.h>
 
 #include "config.h"
 
@@ -35,6 +36,9 @@ const NumericVar kNumericVars[] = {
      &uvstall_options_t::capture_timeout_ms, nullptr},
     {"UVSTALL_MAX_QUEUED_REPORTS", 1, kMaxQueuedReports, "1..1000000", "1024", nullptr,
      &uvstall_process_options_t::max_queued_reports},
+    {"UVSTALL_METRICS_INTERVAL_MS", 0, kMaxMetricsIntervalMs,
+     "0 (off) or 100..86400000 (milliseconds)", "0 (off)", &uvstall_options_t::metrics_interval_ms,
+     nullptr},
 };
 
 // Decimal digits only: no sign, no spaces, no suffix.
@@ -134,6 +138,36 @@ EnvSettings read_env(const EnvLookup &get) {
             "..3600000 (at least 2 x UVSTALL_INTERVAL_MS)",
         "0 (automatic: max(100, 2 x interval))"));
     e.opts.threshold_ms = 0;
+  }
+
+  // Likewise 1..99 is below the metrics interval's lower bound.
+  if (e.opts.metrics_interval_ms != 0 && e.opts.metrics_interval_ms < kMinMetricsIntervalMs) {
+    e.warnings.push_back(warning("UVSTALL_METRICS_INTERVAL_MS", get("UVSTALL_METRICS_INTERVAL_MS"),
+                                 "0 (off) or 100..86400000 (milliseconds)", "0 (off)"));
+    e.opts.metrics_interval_ms = 0;
+  }
+
+  if (const char *text = get("UVSTALL_METRICS_ADDR")) {
+    std::string host;
+    uint16_t port = 0;
+    if (parse_metrics_addr(text, &host, &port)) {
+      e.metrics_addr = text;
+      e.process_set = true;
+    } else if (text[0] != '\0') {
+      e.warnings.push_back(warning("UVSTALL_METRICS_ADDR", text,
+                                   "PORT, HOST:PORT or [IPV6]:PORT with a numeric address "
+                                   "(PORT alone listens on 127.0.0.1)",
+                                   "off"));
+    }
+  }
+  if (const char *text = get("UVSTALL_METRICS_FILE")) {
+    if (metrics_file_usable(expand_output_path(text, getpid()))) {
+      e.metrics_file = text;
+      e.process_set = true;
+    } else if (text[0] != '\0') {
+      e.warnings.push_back(warning("UVSTALL_METRICS_FILE", text,
+                                   "a path in a writable directory (%p is the pid)", "off"));
+    }
   }
 
   if (const char *text = get("UVSTALL_SIGNAL")) {

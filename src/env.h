@@ -24,6 +24,8 @@ struct EnvSettings {
   bool process_set = false;           // a process-wide variable was given (valid)
   std::string output_path;            // UVSTALL_OUTPUT_PATH, %p not expanded; empty: stderr
   bool no_children = false;           // UVSTALL_NO_CHILDREN=1: children do not inherit preload mode
+  std::string metrics_addr;           // UVSTALL_METRICS_ADDR (valid); empty: off
+  std::string metrics_file;           // UVSTALL_METRICS_FILE (valid, %p not expanded); empty: off
   std::vector<std::string> warnings;  // one line each, without the newline
 };
 
@@ -32,6 +34,8 @@ using EnvLookup = std::function<const char *(const char *name)>;
 
 // Reads every UVSTALL_* variable uvstall knows. opts.output_path is left
 // null: expand output_path with expand_output_path and point it there.
+// Likewise popts.metrics_addr and popts.metrics_file: point them at
+// metrics_addr and (expanded) metrics_file when those are not empty.
 EnvSettings read_env(const EnvLookup &get);
 
 // "%p" becomes the pid and "%%" a single "%"; anything else is kept.

@@ -125,6 +125,12 @@ void attach_locked(uv_loop_t *loop, Loop *l) {
     g->env_read = true;
     g->env = uvstall::internal::read_env([](const char *n) -> const char * { return getenv(n); });
     for (const auto &w : g->env.warnings) say(w);
+    // The metrics settings point into g->env, which lives as long as we do.
+    if (!g->env.metrics_addr.empty()) g->env.popts.metrics_addr = g->env.metrics_addr.c_str();
+    if (!g->env.metrics_file.empty()) {
+      g->env.metrics_file = uvstall::internal::expand_output_path(g->env.metrics_file, getpid());
+      g->env.popts.metrics_file = g->env.metrics_file.c_str();
+    }
     // Another user of the library (a language package) may have configured
     // it already: then its settings stand.
     if (g->env.process_set) uvstall_configure(&g->env.popts);

@@ -23,6 +23,8 @@
 #include "capture.h"
 #include "clock.h"
 #include "fingerprint.h"
+#include "metrics.h"
+#include "metrics_http.h"
 #include "modules.h"
 #include "threads.h"
 #include "watch.h"
@@ -522,6 +524,23 @@ uint64_t step(Watch *w, uint64_t now, bool exiting) {
   return now;
 }
 
+// "metrics" records: one per window of metrics_interval_ms. Returns when
+// the next is due.
+uint64_t metrics_step(Watch *w, uint64_t now) {
+  const uint64_t every = uint64_t(w->cfg.metrics_interval_ms) * kNsPerMs;
+  if (w->metrics_base == nullptr) {
+    w->metrics_base = std::make_shared<const LoopCounters>(read_counters(w));
+    w->metrics_due_ns = now + every;
+  }
+  if (now < w->metrics_due_ns) return w->metrics_due_ns;
+  auto cur = std::make_shared<const LoopCounters>(read_counters(w));
+  emit(w, metrics_record(w->who, wall_ns(), *cur, *w->metrics_base));
+  w->metrics_base = std::move(cur);
+  w->metrics_due_ns += every;
+  if (w->metrics_due_ns <= now) w->metrics_due_ns = now + every;
+  return w->metrics_due_ns;
+}
+
 void sentinel_main() {
   std::vector<std::shared_ptr<Watch>> list;
   for (;;) {
@@ -539,6 +558,8 @@ void sentinel_main() {
     for (auto &w : list) {
       next = std::min(next, step(w.get(), now, exiting));
       any_finished |= w->s.finished;
+      if (w->cfg.metrics_interval_ms != 0 && !w->s.finished && !exiting)
+        next = std::min(next, metrics_step(w.get(), now));
     }
     // Summaries: every summary_interval_ms while there were stalls, and a
     // last one when a watch stops or the process exits.
@@ -610,6 +631,7 @@ int process_start_locked() {
   int rc = capture_init(g_proc->pcfg.signal, &g_wake);
   if (rc == 0) rc = writer_start(g_proc->pcfg.max_queued_reports);
   if (rc == 0 && !start_quiet_thread(sentinel_main)) rc = UVSTALL_ETHREAD;
+  if (rc == 0) rc = metrics_server_start(g_proc->pcfg);
   if (rc == 0) std::atexit(at_exit);
   return g_proc->start_err = rc;
 }
@@ -660,6 +682,17 @@ int watch_create(const uvstall_options_t *opts, uv_loop_t *loop,
 
 void sentinel_add(const std::shared_ptr<Watch> &w) {
   emit(w.get(), start_record(w->who, w->cfg, w->signal));
+  w->last_tick_ns.store(mono_ns(), std::memory_order_relaxed);
+  {
+    // The stats window starts at zero counts; only the loop's idle time
+    // (counted since the loop began) needs a starting point.
+    const LoopCounters now = read_counters(w.get());
+    auto base = std::make_shared<LoopCounters>();
+    base->at_ns = now.at_ns;
+    base->idle_ns = now.idle_ns;
+    std::lock_guard<std::mutex> lock(w->stats_mu);
+    w->stats_base = std::move(base);
+  }
   {
     std::lock_guard<std::mutex> lock(w->mu);
     w->registered = true;
@@ -694,17 +727,9 @@ void watch_stop(Watch *w) {
   writer_flush_and_close(w->out.get(), kStopWaitMs);
 }
 
-void watch_stats(const Watch *w, uvstall_stats_t *out) {
-  uvstall_stats_t s;
-  std::memset(&s, 0, sizeof s);
-  s.struct_size = sizeof s;
-  s.ticks = w->ticks.load(std::memory_order_relaxed);
-  s.stalls = w->stalls.load(std::memory_order_relaxed);
-  s.stalled_ms_total = ns_to_ms(w->stalled_ns_total.load(std::memory_order_relaxed));
-  s.reports_written = w->counters->written.load(std::memory_order_relaxed);
-  s.reports_dropped = w->counters->dropped.load(std::memory_order_relaxed);
-  std::memcpy(out, &s, std::min(out->struct_size, sizeof s));
-  out->struct_size = std::min(out->struct_size, sizeof s);
+std::vector<std::shared_ptr<Watch>> watches_now() {
+  std::lock_guard<std::mutex> lock(g_proc->mu);
+  return g_proc->watches;
 }
 
 }  // namespace uvstall::internal

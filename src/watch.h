@@ -10,8 +10,11 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <vector>
 
+#include "clock.h"
 #include "config.h"
+#include "histogram.h"
 #include "report.h"
 #include "sink.h"
 #include "thread_state.h"
@@ -71,6 +74,8 @@ struct SentinelState {
   nlohmann::ordered_json context; // at detection
 };
 
+struct LoopCounters;  // src/metrics.h
+
 struct Watch {
   // Immutable after watch_create.
   Config cfg;
@@ -107,6 +112,24 @@ struct Watch {
   std::atomic<uint64_t> stalls{0};
   std::atomic<uint64_t> stalled_ns_total{0};
 
+  // Tick lateness (src/histogram.h), written by the heartbeat source only,
+  // on the loop's thread, read by any thread: the raw lateness of each tick,
+  // and the same corrected for coordinated omission (the request-delay
+  // view). Allocated with the watch: a tick only stores into them.
+  std::unique_ptr<LatencyHistogram> lag = std::make_unique<LatencyHistogram>();
+  std::unique_ptr<LatencyHistogram> delay = std::make_unique<LatencyHistogram>();
+  // When the previous tick ran (the next is due one interval later), and
+  // how late it was. Relaxed: readers only estimate the current lag.
+  std::atomic<uint64_t> last_tick_ns{0};
+  std::atomic<uint64_t> last_late_us{0};
+  // uvstall_stats_reset's baseline (src/metrics.cc); never touched by a tick.
+  mutable std::mutex stats_mu;
+  std::shared_ptr<const LoopCounters> stats_base;
+  // The sentinel's "metrics" window (sentinel only): its start, and when
+  // the next record is due.
+  std::shared_ptr<const LoopCounters> metrics_base;
+  uint64_t metrics_due_ns = 0;
+
   // Lifecycle: guarded by mu. The sentinel holds mu while it signals the
   // thread, wakes the loop or reads the capture slot; stop holds it while
   // it releases them, so neither is used after stop.
@@ -138,9 +161,18 @@ inline void watch_alive(Watch *w, uint64_t now_ns) {
   sentinel_wake();
 }
 
-// One tick of the heartbeat timer.
+// One tick of the heartbeat timer: its lateness goes into the histograms
+// (a few relaxed stores; after a delay of two intervals or more, one store
+// per bucket the hidden ticks fall in, see hist_expand).
 inline void watch_beat(Watch *w, uint64_t now_ns) {
   w->ticks.store(w->ticks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  const uint64_t interval_ns = uint64_t(w->cfg.interval_ms) * kNsPerMs;
+  const uint64_t due = w->last_tick_ns.load(std::memory_order_relaxed) + interval_ns;
+  const uint64_t late_us = now_ns > due ? (now_ns - due) / 1000 : 0;
+  w->last_tick_ns.store(now_ns, std::memory_order_relaxed);
+  w->last_late_us.store(late_us, std::memory_order_relaxed);
+  w->lag->record(late_us);
+  w->delay->record_expanded(late_us, interval_ns / 1000);
   watch_alive(w, now_ns);
 }
 
@@ -152,6 +184,7 @@ inline void watch_pause(Watch *w, uint64_t now_ns) {
 }
 inline void watch_resume(Watch *w, uint64_t now_ns) {
   watch_alive(w, now_ns);
+  w->last_tick_ns.store(now_ns, std::memory_order_relaxed);  // time away is not lateness
   w->paused.store(false, std::memory_order_seq_cst);
   sentinel_wake();  // the sentinel waits forever on a paused watch
 }
@@ -171,7 +204,7 @@ void sentinel_add(const std::shared_ptr<Watch> &w);
 // them, so on_report is not called after this returns (a callback still
 // running after the bounded wait excepted).
 void watch_stop(Watch *w);
-// Fills stats from the watch's counters.
-void watch_stats(const Watch *w, uvstall_stats_t *out);
+// The watches being watched now (for the metrics endpoint and file).
+std::vector<std::shared_ptr<Watch>> watches_now();
 
 }  // namespace uvstall::internal

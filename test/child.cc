@@ -78,6 +78,21 @@ int main(int argc, char **argv) {
     usleep(200000);
     return 0;
   }
+  if (scenario == "metrics") {
+    // "metrics" records on stderr: one loop tracking idle time, one not.
+    Host h([](uvstall_options_t *o) { o->metrics_interval_ms = 100; });
+    uv_loop_configure(&h.loop, UV_METRICS_IDLE_TIME);
+    h.after(50, [](uv_timer_t *) { uvstall_test_busy(200); });
+    h.after(450, [](uv_timer_t *) {});
+    uvt::on_thread([] {
+      Host plain([](uvstall_options_t *o) { o->metrics_interval_ms = 100; });
+      plain.after(250, [](uv_timer_t *) {});
+      plain.finish();
+    });
+    h.finish();
+    usleep(200000);
+    return 0;
+  }
   if (scenario == "stderr-reused") {
     // The host reuses fd 2 after uvstall started: JSON must still go to the
     // original standard error, never into the host's new file.

@@ -36,7 +36,7 @@ def main():
 
     runs = {}
     for scenario in ["stderr", "exit-mid-stall", "exit-after-stall", "handler-replaced",
-                     "chain", "sigusr2"]:
+                     "chain", "sigusr2", "metrics"]:
         runs[scenario] = records_of([child, scenario])
     if demo:
         with tempfile.TemporaryDirectory() as d:
@@ -64,7 +64,7 @@ def main():
                 print(f"FAIL {name}: {errors[0].message} in {json.dumps(r)[:300]}")
     # The runs must have exercised every record type and the main captures,
     # or this test proves little.
-    for t in ["start", "stall", "stall_end"]:
+    for t in ["start", "stall", "stall_end", "metrics"]:
         if t not in seen_types:
             print(f"FAIL: no {t} record in any run")
             failures += 1

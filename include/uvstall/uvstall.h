@@ -84,13 +84,17 @@ extern "C" {
   XX(EABORTAFTER, -20, "abort_after_ms must be 0 (off) or between threshold_ms and 3600000") \
   XX(ERATELIMIT, -21, "max_stalls_per_minute must be between 0 (unlimited) and 1000000") \
   XX(ESUMMARY, -22, "summary_interval_ms must be 0 (off) or between 100 and 86400000") \
-  XX(ECONTEXT, -23, "context key must be 1 to 31 bytes, and at most 8 keys are kept")
+  XX(ECONTEXT, -23, "context key must be 1 to 31 bytes, and at most 8 keys are kept") \
+  XX(EMETRICSINTERVAL, -24, "metrics_interval_ms must be 0 (off) or between 100 and 86400000") \
+  XX(EMETRICSADDR, -25, "metrics_addr must be PORT, HOST:PORT or [IPV6]:PORT with a numeric address and a port between 1 and 65535") \
+  XX(EMETRICSBIND, -26, "could not listen on metrics_addr (port in use, or not an address of this host)") \
+  XX(EMETRICSFILE, -27, "metrics_file must be a path in a writable directory (written by rename, so its directory needs write access)")
 
 typedef enum {
 #define UVSTALL_ERRNO_ENUM_(name, value, msg) UVSTALL_##name = (value),
   UVSTALL_ERRNO_MAP(UVSTALL_ERRNO_ENUM_)
 #undef UVSTALL_ERRNO_ENUM_
-  UVSTALL_ERRNO_END_ = -24
+  UVSTALL_ERRNO_END_ = -28
 } uvstall_errno_t;
 
 /* One watch of one loop. Opaque; freed by uvstall_stop (memory is released
@@ -134,6 +138,10 @@ typedef struct uvstall_options_s {
   /* Off by default (0). When one stall lasts this long, write its report,
    * then raise SIGABRT on the loop thread to get a core dump. */
   uint32_t abort_after_ms;
+  /* Every this many ms, a "metrics" record (the window's lateness
+   * percentiles, stalls and utilization) goes to the output.
+   * 0 = off (default), else 100..86400000. */
+  uint32_t metrics_interval_ms;
 } uvstall_options_t;
 
 /* Process-wide settings: apply with uvstall_configure() before the first
@@ -153,9 +161,26 @@ typedef struct uvstall_process_options_s {
   /* How often a "summary" record (stalls per fingerprint) is written when
    * there were stalls. 0 = only at exit. Default 60000. */
   uint32_t summary_interval_ms;
+  /* Serve Prometheus metrics over HTTP (GET /metrics) on this address:
+   * "9464" (127.0.0.1), "127.0.0.1:9464", "[::1]:9464", "0.0.0.0:9464".
+   * NULL = off (default). Served by a thread of uvstall's own with its own
+   * libuv loop, never the watched loops. Copied. */
+  const char *metrics_addr;
+  /* Write the same metrics to this file every second, atomically (a
+   * temporary file renamed over it), for node_exporter's textfile
+   * collector. NULL = off (default). Copied. */
+  const char *metrics_file;
 } uvstall_process_options_t;
 
-/* Counters of one watch, readable from any thread. */
+/* Counters of one watch, readable from any thread. Counts and quantiles are
+ * since the watch started or since the last uvstall_stats_reset().
+ *
+ * Lateness is how late each tick of the heartbeat ran ("raw": one value per
+ * tick). Delay is the same corrected for coordinated omission: a tick D ms
+ * late also counts the ticks that should have run during those D ms, late
+ * by D - interval, D - 2 x interval, ... down to one interval (HdrHistogram's
+ * expected-interval correction): what a request arriving at a random moment
+ * waited. Quantiles are within 1% (log-linear buckets, see README). */
 typedef struct uvstall_stats_s {
   /* Set by the caller to sizeof(uvstall_stats_t) before uvstall_get_stats. */
   size_t struct_size;
@@ -170,6 +195,30 @@ typedef struct uvstall_stats_s {
   /* Records of this watch dropped because the queue was full or the output
    * failed. */
   uint64_t reports_dropped;
+  /* Raw tick lateness: number of ticks and their lateness in milliseconds. */
+  uint64_t lateness_count;
+  double lateness_min_ms;
+  double lateness_max_ms;
+  double lateness_mean_ms;
+  double lateness_p50_ms;
+  double lateness_p90_ms;
+  double lateness_p95_ms;
+  double lateness_p99_ms;
+  double lateness_p999_ms;
+  /* Corrected request-delay view: values (ticks plus the ticks a delay
+   * hid) and their quantiles in milliseconds. */
+  uint64_t delay_count;
+  double delay_mean_ms;
+  double delay_p50_ms;
+  double delay_p90_ms;
+  double delay_p95_ms;
+  double delay_p99_ms;
+  double delay_p999_ms;
+  /* Busy fraction of the loop (0..1) over the same window, from
+   * uv_metrics_idle_time(): the host must have called
+   * uv_loop_configure(loop, UV_METRICS_IDLE_TIME) before uv_run. -1 when
+   * the loop reports no idle time (not configured, or not a libuv loop). */
+  double utilization;
 } uvstall_stats_t;
 
 UVSTALL_EXTERN void uvstall_options_init(uvstall_options_t *opts);
@@ -213,6 +262,12 @@ UVSTALL_EXTERN int uvstall_set_context(uvstall_t *h, const char *key, const char
 
 /* Fills *out (out->struct_size must be set). Any thread. */
 UVSTALL_EXTERN int uvstall_get_stats(const uvstall_t *h, uvstall_stats_t *out);
+
+/* Starts a new window for uvstall_get_stats: counts, stalls, reports,
+ * quantiles and utilization restart from zero. Prometheus counters
+ * (metrics_addr, metrics_file) are not affected: they never go down. Any
+ * thread. */
+UVSTALL_EXTERN int uvstall_stats_reset(uvstall_t *h);
 
 /* A static message for an error code; never NULL. */
 UVSTALL_EXTERN const char *uvstall_strerror(int err);

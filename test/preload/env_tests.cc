@@ -166,3 +166,28 @@ TEST_SUITE("lang_python") {
     CHECK(python_unescape("end\\") == "end\\");
   }
 }
+
+TEST_SUITE("env") {
+  TEST_CASE("metrics variables: interval per loop, address and file per process") {
+    EnvSettings e = env({{"UVSTALL_METRICS_INTERVAL_MS", "1000"},
+                         {"UVSTALL_METRICS_ADDR", "9464"},
+                         {"UVSTALL_METRICS_FILE", "/tmp/uvstall-%p.prom"}});
+    CHECK(e.warnings.empty());
+    CHECK(e.opts.metrics_interval_ms == 1000);
+    CHECK(e.metrics_addr == "9464");
+    CHECK(e.metrics_file == "/tmp/uvstall-%p.prom");
+    CHECK(e.process_set);
+    for (const char *bad : {"50", "86400001", "x"}) {
+      EnvSettings b = env({{"UVSTALL_METRICS_INTERVAL_MS", bad}});
+      REQUIRE(b.warnings.size() == 1);
+      CHECK(b.warnings[0].find("UVSTALL_METRICS_INTERVAL_MS") != std::string::npos);
+      CHECK(b.opts.metrics_interval_ms == 0);
+    }
+    EnvSettings b = env({{"UVSTALL_METRICS_ADDR", "localhost:9464"},
+                         {"UVSTALL_METRICS_FILE", "/nonexistent-dir/m.prom"}});
+    CHECK(b.warnings.size() == 2);
+    CHECK(b.metrics_addr.empty());
+    CHECK(b.metrics_file.empty());
+    CHECK_FALSE(b.process_set);
+  }
+}
