@@ -98,6 +98,8 @@ nlohmann::ordered_json start_record(const LoopIdentity &who, const Config &cfg, 
   o["output_path"] = cfg.has_output_path ? nlohmann::ordered_json(cfg.output_path) : nlohmann::ordered_json();
   o["on_report"] = cfg.on_report != nullptr;
   o["signal"] = signal;
+  o["max_samples_per_stall"] = cfg.max_samples_per_stall;
+  o["abort_after_ms"] = cfg.abort_after_ms;
   r["options"] = std::move(o);
   return r;
 }
