@@ -222,6 +222,17 @@ class MoreHosts(Base):
         firsts = self.first_samples(read_jsonl(out))
         self.assertEqual([s["lang_frames"][0]["function"] for s in firsts], ["blocks_inside"])
 
+    def test_an_exception_of_the_host_is_unchanged(self):
+        app = os.path.join(APPS, "raise_app.py")
+        plain = self.run_cmd([PY, app])
+        self.assertEqual(plain.returncode, 1)
+        self.assertIn("ValueError: boom", plain.stderr)
+        out = os.path.join(self.tmp, "s.jsonl")
+        watched = self.run_cmd([PY, app], uvstall=["-o", out])
+        self.assert_same_host(plain, watched)
+        self.assertEqual(watched.stderr, plain.stderr)
+        self.assertEqual(len(self.first_samples(read_jsonl(out))), 1)
+
     def forker(self, extra):
         app = os.path.join(APPS, "forker.py")
         child = os.path.join(APPS, "child_app.py")
