@@ -100,6 +100,7 @@ nlohmann::ordered_json start_record(const LoopIdentity &who, const Config &cfg, 
   o["signal"] = signal;
   o["max_samples_per_stall"] = cfg.max_samples_per_stall;
   o["abort_after_ms"] = cfg.abort_after_ms;
+  o["metrics_interval_ms"] = cfg.metrics_interval_ms;
   r["options"] = std::move(o);
   return r;
 }
