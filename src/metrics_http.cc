@@ -28,16 +28,21 @@
 namespace uvstall::internal {
 namespace {
 
-// libuv's own uv_run: in preload mode the global uv_run is the shim's,
-// which would watch this loop as if it were the host's.
-int run_loop(uv_loop_t *loop) {
-  using RunFn = int (*)(uv_loop_t *, uv_run_mode);
-  RunFn run = &uv_run;
+// libuv's own functions for the loop calls preload mode interposes
+// (uv_loop_init, uv_run, uv_loop_close): the shim's would take this loop for
+// the host's (and its uv_loop_init runs under the lock held while it starts
+// us). Found in libuv.so.1 itself; the global ones when it is not loaded
+// under that name.
+template <typename Fn>
+Fn libuv_own(const char *name, Fn fallback) {
   if (void *lib = dlopen("libuv.so.1", RTLD_LAZY | RTLD_NOLOAD)) {
-    if (auto f = reinterpret_cast<RunFn>(dlsym(lib, "uv_run"))) run = f;
+    if (void *f = dlsym(lib, name)) return reinterpret_cast<Fn>(f);
   }
-  return run(loop, UV_RUN_DEFAULT);
+  return fallback;
 }
+int loop_init(uv_loop_t *loop) { return libuv_own("uv_loop_init", &uv_loop_init)(loop); }
+int loop_close(uv_loop_t *loop) { return libuv_own("uv_loop_close", &uv_loop_close)(loop); }
+int run_loop(uv_loop_t *loop) { return libuv_own("uv_run", &uv_run)(loop, UV_RUN_DEFAULT); }
 
 struct Server {
   uv_loop_t loop;
@@ -189,7 +194,7 @@ int metrics_server_start(const ProcessConfig &p) {
   if (p.metrics_host.empty() && p.metrics_file.empty()) return 0;
   auto *s = new (std::nothrow) Server;
   if (s == nullptr) return UVSTALL_ENOMEM;
-  if (uv_loop_init(&s->loop) != 0) {
+  if (loop_init(&s->loop) != 0) {
     delete s;
     return UVSTALL_EUV;
   }
@@ -199,7 +204,7 @@ int metrics_server_start(const ProcessConfig &p) {
                     reinterpret_cast<sockaddr_in *>(&addr)) != 0 &&
         uv_ip6_addr(p.metrics_host.c_str(), p.metrics_port,
                     reinterpret_cast<sockaddr_in6 *>(&addr)) != 0) {
-      uv_loop_close(&s->loop);
+      loop_close(&s->loop);
       delete s;
       return UVSTALL_EMETRICSADDR;
     }
@@ -209,7 +214,7 @@ int metrics_server_start(const ProcessConfig &p) {
                   on_connection) != 0) {
       uv_close(reinterpret_cast<uv_handle_t *>(&s->listener), nullptr);
       run_loop(&s->loop);
-      uv_loop_close(&s->loop);
+      loop_close(&s->loop);
       delete s;
       return UVSTALL_EMETRICSBIND;
     }
