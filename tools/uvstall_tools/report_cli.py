@@ -26,7 +26,7 @@ MAX_BAD_WARNINGS = 10
 EPILOG = """\
 examples:
   uvstall-report stalls.jsonl -o report.html
-      the page: timeline, culprits, flame graph, every stall's stacks
+      the page: timeline, culprits, flame graph, every stall's samples and stacks
   uvstall-report run1.jsonl run2.jsonl -o both.html
       several runs (or hosts) on one page
   uvstall-report --debug-dir ./debug stalls.jsonl -o report.html
@@ -166,10 +166,13 @@ def main(argv=None, script_dir=None):
         return EXIT_USAGE
     if args.output != "-":
         stalls = len(data["stalls"]["t"])
-        sys.stderr.write("%s: wrote %s: %d stall%s, %d culprit%s, %d bad line%s skipped "
+        suppressed = data["counts"]["suppressed"]
+        sys.stderr.write("%s: wrote %s: %d stall%s, %d culprit%s, %d bad line%s skipped%s "
                          "(%.1f s)\n" % (
                              PROG, args.output, stalls, "" if stalls == 1 else "s",
                              len(data["groups"]), "" if len(data["groups"]) == 1 else "s",
                              len(diag.bad), "" if len(diag.bad) == 1 else "s",
+                             ", %d suppressed (over the rate limit, in the summaries)"
+                             % suppressed if suppressed else "",
                              time.monotonic() - began))
     return EXIT_SKIPPED if diag.lossy else EXIT_OK

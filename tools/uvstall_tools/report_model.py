@@ -6,10 +6,19 @@ stacks.Resolved) and a skip list, and returns a dict ready for json.dumps.
 Nothing here reads files or starts processes, so tests drive it with
 hand-made records.
 
-A stall is every `stall` record with the same (run_id, pid, stall_id) -- a
-stall whose first capture timed out may have a second record with capture
-"late" -- plus its `stall_end`. Its stack is that of the first of its
-records that has one.
+A stall is every `stall` record with the same (run_id, pid, stall_id) --
+its samples (`sample` 0 at detection, 1, 2, ... while it lasts; a capture
+"late" record repeats the index of the sample that timed out) -- plus its
+`stall_end`. Its duration is the stall_end's duration_ms, else its largest
+blocked_ms; its cause, fingerprint and shown stack are those of its first
+sample (the first that has a stack, for the stack). In the flame graph a
+stall weighs its duration once, split across its samples' stacks: each
+sample stands for the time from when it was taken to the next sample (the
+first also for the time before it, the last for the rest of the stall).
+
+`summary` records (process-level) are added up per run and fingerprint:
+stalls over the rate limit write no stall record, and only the summaries
+(and the `suppressed` counts of later records) know about them.
 
 Size matters: the page for 100,000 records must load fast, so every string
 (function, file, module) is stored once in `strs` and referred to by index;
@@ -32,15 +41,21 @@ from . import stacks
 _STALL_FIELDS = frozenset((
     "type", "version", "time", "run_id", "pid", "tid", "loop", "stall_id",
     "threshold_ms", "blocked_ms", "capture", "frames", "lang_frames",
-    "fingerprint", "cause", "dropped", "handler_us",
+    "fingerprint", "cause", "dropped", "handler_us", "sample", "thread",
+    "suppressed",
 ))
 # A stall's other fields are kept up to this size of JSON; a bigger
 # `context` would make one stall weigh more than a thousand others.
 MAX_EXTRA_CHARS = 4096
 MAX_BAD_EXAMPLES = 50
-MAX_SUMMARY_RECORDS = 100
 
+# The metrics series the timeline draws, and where a `metrics` record keeps
+# them: the window's raw tick lateness (loop lag) quantiles. Records of an
+# earlier draft of the format had them flat (p50_ms...): still read.
 METRIC_FIELDS = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "utilization")
+_METRIC_PATHS = {"p50_ms": ("lateness_ms", "p50"), "p95_ms": ("lateness_ms", "p95"),
+                 "p99_ms": ("lateness_ms", "p99"), "max_ms": ("lateness_ms", "max"),
+                 "utilization": (None, "utilization")}
 
 
 class _Table:
@@ -69,7 +84,10 @@ def epoch_ms(text):
 
 
 def _number(value):
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+    t = type(value)
+    if t is float:
+        return value if math.isfinite(value) else None
+    if t is int:
         return float(value)
     return None
 
@@ -127,6 +145,12 @@ def computed_fingerprint(record, resolve, skip, lang_record=None):
                            digest_size=8).hexdigest()
 
 
+def _int(value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
 class _Stall:
     __slots__ = ("key", "records", "end", "order")
 
@@ -136,11 +160,36 @@ class _Stall:
         self.end = None
         self.order = order
 
-    def stack_record(self):
-        for r in self.records:
+    def samples(self):
+        """The stall records by sample index (records without one count as
+        sample 0), in input order within an index: a capture "late" record
+        comes after the "timeout" one of its sample."""
+        return sorted(self.records, key=lambda r: _int(r.obj.get("sample")) or 0)
+
+    def stack_record(self, samples):
+        for r in samples:
             if r.frames:
                 return r
         return None
+
+
+def flame_pieces(samples, duration):
+    """How a stall's duration is split across the stacks of its samples:
+    [(record, ms)], the records that carry a stack (native or Python) in the
+    order they were taken. Each stands for the time from when it was taken
+    (its blocked_ms) to the next one; the first also for the time before it,
+    the last for the rest of the stall. The parts add up to the duration."""
+    taken = [r for r in samples if r.frames or r.lang_frames]
+    if not taken:
+        return []
+    taken.sort(key=lambda r: _number(r.obj.get("blocked_ms")) or 0.0)
+    at = [min(max(_number(r.obj.get("blocked_ms")) or 0.0, 0.0), duration) for r in taken]
+    at[0] = 0.0
+    at.append(duration)
+    pieces = [(r, max(0.0, at[i + 1] - at[i])) for i, r in enumerate(taken)]
+    if not any(ms > 0 for _, ms in pieces):
+        pieces = [(taken[0], duration)]
+    return [(r, ms) for r, ms in pieces if ms > 0 or len(pieces) == 1]
 
 
 class _Builder:
@@ -158,6 +207,9 @@ class _Builder:
         # Per stack id: what a stack's stalls are blamed on, worked out once.
         self._fingerprints = {}
         self._culprits = {}
+        self._record_stacks = {}  # id(Record) -> stack id; the records outlive build()
+        self._frame_ids = {}  # id(Frame) -> pframe id
+        self._frames_kept = []
 
     def s(self, text):
         return -1 if text is None else self.strs.add(str(text))
@@ -165,6 +217,12 @@ class _Builder:
     def run(self, obj):
         key = (_scalar(obj.get("run_id")), _scalar(obj.get("pid")))
         return self.runs.add(key, {"run_id": key[0], "pid": key[1], "stalls": 0})
+
+    def _pframe_of(self, frame):
+        # reports.read shares equal Frames between records: by identity first
+        i = self._frame_ids[id(frame)] = self.pframe(frame)
+        self._frames_kept.append(frame)  # so that no id is reused
+        return i
 
     def pframe(self, frame):
         key = (frame.module, frame.offset, frame.build_id, frame.symbol,
@@ -189,8 +247,15 @@ class _Builder:
         return self.pframes.add(key, value)
 
     def stack(self, record):
-        ids = tuple(self.pframe(f) for f in record.frames)
-        return self.stacks.add(ids, list(ids))
+        # a record's stack is asked for more than once (stall, flame
+        # graph, samples): worked out once
+        i = self._record_stacks.get(id(record))
+        if i is None:
+            by_id = self._frame_ids
+            ids = tuple(by_id.get(id(f)) if id(f) in by_id else self._pframe_of(f)
+                        for f in record.frames)
+            i = self._record_stacks[id(record)] = self.stacks.add(ids, list(ids))
+        return i
 
     def lstack(self, record):
         ids = []
@@ -219,20 +284,14 @@ class _Builder:
 
 
 def _extras(records):
-    """The fields of a stall's records that have no column, merged (a later
-    record adds fields, never removes them), capped in size."""
+    """The fields of a stall's records that have no column (context, abort,
+    fields added later), merged (a later record adds fields, never removes
+    them), capped in size."""
     extra = {}
     for r in records:
         for k, v in r.obj.items():
             if k not in _STALL_FIELDS:
                 extra[k] = v
-    if len(records) > 1:
-        # [capture, blocked_ms, time, frames, capture_error] per record
-        extra["captures"] = [
-            [r.obj.get("capture"), r.obj.get("blocked_ms"), r.obj.get("time"), len(r.frames),
-             r.obj.get("capture_error")]
-            for r in records
-        ]
     if not extra:
         return None
     extra = _clean(extra)
@@ -241,6 +300,61 @@ def _extras(records):
         extra = {k: v for k, v in extra.items() if len(json.dumps(v, default=str)) < 256}
         extra["(truncated)"] = "fields over %d bytes are left out of the page" % 256
     return extra
+
+
+_THREAD_NUMBERS = ("window_ms", "cpu_ms", "runqueue_ms", "cpu_system_ms", "sentinel_late_ms")
+
+
+def _thread(b, value):
+    """A sample's `thread` as the page stores it: [state, syscall,
+    syscall_nr, fd, window_ms, cpu_ms, runqueue_ms, cpu_system_ms,
+    sentinel_late_ms], strings as indexes into strs; None without one."""
+    if not isinstance(value, dict):
+        return None
+    def text(k):
+        return b.s(value[k]) if isinstance(value.get(k), str) else -1
+    return ([text("state"), text("syscall"), _int(value.get("syscall_nr")), text("fd")]
+            + [_number(value.get(k)) for k in _THREAD_NUMBERS])
+
+
+def _metric(obj, name):
+    group, key = _METRIC_PATHS[name]
+    holder = obj.get(group) if group else obj
+    value = _number(holder.get(key)) if isinstance(holder, dict) else None
+    return value if value is not None else _number(obj.get(name))
+
+
+def _summaries(b, summaries):
+    """Summary records added up per fingerprint (over every run), and per
+    run: [fingerprint, culprit (strs), stalls, suppressed, total_ms, max_ms,
+    runs]; and {run index: [stalls, stalls_suppressed]}."""
+    per_fp = {}
+    per_run = {}
+    for r in summaries:
+        obj = r.obj
+        run_i = b.run(obj)
+        tot = per_run.setdefault(run_i, [0, 0])
+        tot[0] += _int(obj.get("stalls")) or 0
+        tot[1] += _int(obj.get("stalls_suppressed")) or 0
+        fps = obj.get("fingerprints")
+        for f in fps if isinstance(fps, list) else ():
+            if not isinstance(f, dict):
+                continue
+            fp = f.get("fingerprint") if isinstance(f.get("fingerprint"), str) else None
+            row = per_fp.get(fp)
+            if row is None:
+                row = per_fp[fp] = [fp, -1, 0, 0, 0.0, 0.0, set()]
+            if row[1] < 0 and isinstance(f.get("culprit"), str):
+                row[1] = b.s(f["culprit"])
+            row[2] += _int(f.get("count")) or 0
+            row[3] += _int(f.get("suppressed")) or 0
+            row[4] += _number(f.get("total_ms")) or 0.0
+            row[5] = max(row[5], _number(f.get("max_ms")) or 0.0)
+            row[6].add(run_i)
+    rows = [[fp, c, n, sup, _round(tot), _round(mx), len(runs)]
+            for fp, c, n, sup, tot, mx, runs in per_fp.values()]
+    rows.sort(key=lambda x: (-x[4], x[0] or ""))
+    return rows, per_run
 
 
 def build(records, resolve, skip, bad, meta):
@@ -253,6 +367,8 @@ def build(records, resolve, skip, bad, meta):
     metrics = []
     summaries = []
     dropped = 0
+    # `suppressed` announced by the records, per run
+    announced = Counter()
     counts = Counter()
 
     for r in records:
@@ -263,6 +379,9 @@ def build(records, resolve, skip, bad, meta):
         d = obj.get("dropped")
         if isinstance(d, int) and not isinstance(d, bool) and d > 0:
             dropped += d
+        sup = _int(obj.get("suppressed"))
+        if sup is not None and sup > 0:
+            announced[b.run(obj)] += sup
         if kind in ("stall", "stall_end"):
             stall_id = obj.get("stall_id")
             key = (_scalar(obj.get("run_id")), _scalar(obj.get("pid")),
@@ -282,38 +401,37 @@ def build(records, resolve, skip, bad, meta):
         elif kind == "metrics":
             metrics.append(r)
         elif kind == "summary":
-            if len(summaries) < MAX_SUMMARY_RECORDS:
-                summaries.append(_clean(obj))
+            summaries.append(r)
         else:
             other_types[str(kind)] += 1
 
     cols = {k: [] for k in ("t", "dur", "blk", "thr", "end", "st", "ls", "g", "cap",
-                            "cause", "run", "tid", "loop", "sid", "hus")}
+                            "cause", "run", "tid", "loop", "sid", "hus", "fl", "cx")}
     extras = {}
     ordered = sorted(stalls.values(), key=lambda s: s.order)
     for st in ordered:
-        first = st.records[0] if st.records else None
+        samples = st.samples()
+        first = samples[0] if samples else None
         head = first.obj if first is not None else st.end.obj
-        stack_rec = st.stack_record()
-        blocked = max((_number(r.obj.get("blocked_ms")) or 0.0 for r in st.records),
+        stack_rec = st.stack_record(samples)
+        blocked = max((_number(r.obj.get("blocked_ms")) or 0.0 for r in samples),
                       default=None)
         end_ms = _number(st.end.obj.get("duration_ms")) if st.end is not None else None
         duration = end_ms if end_ms is not None else (blocked or 0.0)
-        # When the stall started: the first record's time less how long the
+        # When the stall started: the first sample's time less how long the
         # loop had been blocked then; for a stall known only by its end,
         # the end's time less its duration.
+        t = epoch_ms(head.get("time"))
         if first is not None:
-            t = epoch_ms(head.get("time"))
             first_blocked = _number(first.obj.get("blocked_ms")) or 0.0
             start = t - first_blocked if t is not None else None
         else:
-            t = epoch_ms(head.get("time"))
             start = t - duration if t is not None else None
 
         stack_id = b.stack(stack_rec) if stack_rec is not None else -1
-        lang_rec = next((r for r in st.records if r.lang_frames), None)
+        lang_rec = next((r for r in samples if r.lang_frames), None)
         lstack_id = b.lstack(lang_rec) if lang_rec is not None else -1
-        fp = next((r.obj["fingerprint"] for r in st.records
+        fp = next((r.obj["fingerprint"] for r in samples
                    if isinstance(r.obj.get("fingerprint"), str) and r.obj["fingerprint"]), None)
         computed = fp is None
         if computed:
@@ -321,7 +439,8 @@ def build(records, resolve, skip, bad, meta):
                 fp = b.fingerprint(stack_id, stack_rec, lstack_id, lang_rec)
             else:
                 fp = "no-stack" if first is not None else "no-stall-record"
-        cause = next((r.obj["cause"] for r in st.records
+        # the cause found at detection: the first sample's
+        cause = next((r.obj["cause"] for r in samples
                       if isinstance(r.obj.get("cause"), str)), None)
         gi = b.groups.add((fp, computed), {
             "fp": fp, "computed": computed,
@@ -356,7 +475,37 @@ def build(records, resolve, skip, bad, meta):
         # the signal handler's time of the capture whose stack is shown
         cols["hus"].append(_number((stack_rec.obj if stack_rec is not None else head)
                                    .get("handler_us")))
-        extra = _extras(st.records)
+        # The flame graph's weights: null when one stack (st, ls) takes the
+        # whole duration, else [[st, ls, ms], ...].
+        weights = {}  # (st, ls) -> ms: samples with the same stacks merged
+        for r, ms in flame_pieces(samples, duration):
+            k = (b.stack(r) if r.frames else -1, b.lstack(r) if r.lang_frames else -1)
+            weights[k] = weights.get(k, 0.0) + ms
+        fl = [[k[0], k[1], _round(ms)] for k, ms in weights.items()]
+        if not fl or (len(fl) == 1 and fl[0][:2] == [stack_id, lstack_id]):
+            fl = None
+        cols["fl"].append(fl)
+        # Each sample, in order: [capture, blocked_ms, time, frames,
+        # capture_error, sample, cause, thread, st, ls, fingerprint]; null
+        # for a stall of one record without sample, cause or thread.
+        cx = None
+        if len(samples) > 1 or any(k in r.obj for r in samples
+                                   for k in ("sample", "cause", "thread")):
+            cx = [[_clean(r.obj.get("capture")), _number(r.obj.get("blocked_ms")),
+                   _clean(r.obj.get("time")) if isinstance(r.obj.get("time"), str) else None,
+                   len(r.frames),
+                   r.obj.get("capture_error") if isinstance(r.obj.get("capture_error"), str)
+                   else None,
+                   _int(r.obj.get("sample")),
+                   b.s(r.obj["cause"]) if isinstance(r.obj.get("cause"), str) else -1,
+                   _thread(b, r.obj.get("thread")),
+                   b.stack(r) if r.frames else -1,
+                   b.lstack(r) if r.lang_frames else -1,
+                   r.obj["fingerprint"] if isinstance(r.obj.get("fingerprint"), str)
+                   and r.obj["fingerprint"] != fp else None]
+                  for r in samples]
+        cols["cx"].append(cx)
+        extra = _extras(samples)
         if extra is not None:
             extras[len(cols["t"]) - 1] = extra
     cols["x"] = extras
@@ -370,7 +519,25 @@ def build(records, resolve, skip, bad, meta):
         mcols["run"].append(b.run(r.obj))
         mcols["loop"].append(b.s(r.obj.get("loop")))
         for k in METRIC_FIELDS:
-            mcols[k].append(_number(r.obj.get(k)))
+            mcols[k].append(_metric(r.obj, k))
+
+    # Stalls over the rate limit: the summaries count them, and later
+    # records announce them (`suppressed`); per run the larger of the two
+    # (the last announcement or summary of a run may be missing).
+    sums, sum_runs = _summaries(b, summaries)
+    suppressed = 0
+    for run_i, run in enumerate(b.runs.items):
+        in_summaries = sum_runs.get(run_i, [0, 0])
+        run["suppressed"] = max(announced.get(run_i, 0), in_summaries[1])
+        if run_i in sum_runs:
+            run["summary_stalls"] = in_summaries[0]
+        suppressed += run["suppressed"]
+    by_fp = {row[0]: row for row in sums}
+    for group in b.groups.items:
+        row = by_fp.get(group["fp"]) if not group["computed"] else None
+        if row is not None:
+            group["sup"] = row[3]
+    seen = {g["fp"] for g in b.groups.items if not g["computed"]}
 
     return {
         "meta": meta,
@@ -384,11 +551,15 @@ def build(records, resolve, skip, bad, meta):
             "summaries": counts["summary"],
             "other_types": dict(other_types),
             "dropped": dropped,
+            "suppressed": suppressed,
+            "summary_only": sum(1 for row in sums if row[0] not in seen),
         },
         "bad": [list(x) for x in bad[:MAX_BAD_EXAMPLES]],
         "skip": list(skip.patterns),
         "runs": b.runs.items,
-        "summaries": summaries,
+        # summary records per fingerprint: [fingerprint, culprit, stalls,
+        # suppressed, total_ms, max_ms, runs]
+        "sums": sums,
         "strs": b.strs.items,
         "mods": b.modules.items,
         "pf": b.pframes.items,

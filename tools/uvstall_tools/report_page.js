@@ -12,10 +12,19 @@
 //   st     stacks: arrays of pf indexes, innermost first
 //   lf     language frames [lang, function, file, line]; lst their stacks
 //   groups culprits: {fp, computed, top (pf of the culprit), st (a stack
-//          of the group), py (its innermost lf), nostack}
-//   stalls columns, one entry per stall: t (start, ms since the epoch),
-//          dur, blk, thr, end, st, ls, g, cap, cause, run, tid, loop, sid,
-//          hus (handler_us); x: {index: other fields}
+//          of the group), py (its innermost lf), nostack, sup (stalls of
+//          this fingerprint the summaries say were suppressed)}
+//   stalls columns, one entry per stall (all its samples): t (start, ms
+//          since the epoch), dur, blk, thr, end, st, ls, g, cap, cause (of
+//          the first sample), run, tid, loop, sid, hus (handler_us);
+//          fl: null, or the flame graph's split [[st, ls, ms], ...];
+//          cx: null, or per sample [capture, blocked_ms, time, frames,
+//          capture_error, sample, cause, thread, st, ls, fingerprint if
+//          not the stall's], thread being [state, syscall, syscall_nr, fd,
+//          window_ms, cpu_ms, runqueue_ms, cpu_system_ms, sentinel_late_ms];
+//          x: {index: other fields}
+//   sums   summary records per fingerprint: [fp, culprit, stalls,
+//          suppressed, total_ms, max_ms, runs]
 //   metrics columns: t, run, loop, p50_ms, p95_ms, p99_ms, max_ms, utilization
 "use strict";
 (function () {
@@ -194,6 +203,8 @@
       ["culprits", groups.size.toLocaleString("en-US"), "culprits"],
       ["bad", D.counts.bad.toLocaleString("en-US"), "bad lines skipped", D.counts.bad ? "bad" : ""],
     ];
+    if (D.counts.suppressed) cards.push(["suppressed", D.counts.suppressed.toLocaleString("en-US"),
+      "more stalls, not recorded (rate limit)", "warn"]);
     if (D.counts.dropped) cards.push(["dropped", D.counts.dropped.toLocaleString("en-US"),
       "records dropped by uvstall", "warn"]);
     const box = $("#overview");
@@ -503,6 +514,9 @@
     { key: "top", label: "Top frame" },
     { key: "py", label: "Python frame" },
   ];
+  // Stalls over the rate limit wrote no record: the summaries count them
+  // per fingerprint. The column is there only when there are some.
+  if (D.counts.suppressed) COLUMNS.push({ key: "sup", label: "Suppressed", num: true });
   const MAX_ROWS = 300;
 
   function culpritRows(sel) {
@@ -530,6 +544,7 @@
       case "fp": return g.fp;
       case "top": return g.label || "";
       case "py": return g.py ? langName(g.py) : "";
+      case "sup": return D.groups[r.g].sup || 0;
       default: return r[key];
     }
   }
@@ -556,8 +571,8 @@
     for (const r of rows.slice(0, MAX_ROWS)) {
       const g = G[r.g];
       const fpCell = el("td", { class: "mono", title: g.computed
-        ? "computed by uvstall-report (the reports carry no fingerprint): a hash of the function names of the stack's frames outside the skip list, and of its Python frames"
-        : "the fingerprint in the stall records" }, g.fp.length > 16 ? g.fp.slice(0, 16) + "…" : g.fp);
+        ? "computed by uvstall-report (these reports carry no fingerprint): a hash of the function names of the stack's frames outside the skip list, and of its Python frames"
+        : "the fingerprint uvstall wrote in the stall's first sample" }, g.fp.length > 16 ? g.fp.slice(0, 16) + "…" : g.fp);
       if (g.computed) fpCell.append(el("span", { class: "badge", text: "computed" }));
       const causeCell = el("td");
       for (const [c, n] of r.causeList.slice(0, 3)) {
@@ -577,6 +592,11 @@
       fpCell, el("td", { class: "num", text: r.count.toLocaleString("en-US") }),
       el("td", { class: "num", text: fmtMs(r.total) }), el("td", { class: "num", text: fmtMs(r.max) }),
       causeCell, topCell, pyCell);
+      if (D.counts.suppressed) {
+        const sup = D.groups[r.g].sup || 0;
+        tr.append(el("td", { class: "num" + (sup ? "" : " muted"), title: "stalls of this fingerprint over the rate limit: counted by the summary records, not written",
+          text: sup ? sup.toLocaleString("en-US") : "—" }));
+      }
       body.append(tr);
     }
     table.replaceChildren(el("thead", {}, head), body);
@@ -597,24 +617,46 @@
   // ------------------------------------------------------------ flame graph
   function buildTree(sel) {
     const root = { name: "all stalls", value: 0, kids: new Map(), count: 0, where: "", kind: "root" };
-    const weights = new Map(); // stack key -> [ms, count]
+    // A stall weighs its duration once. When its samples caught different
+    // stacks, the duration is split between them (ST.fl: each sample
+    // stands for the time until the next one). Stalls with the same split
+    // are added up first: sets[stack keys] = [[[stack key, ms]...], stalls].
+    const sets = new Map();
     const mode = state.flameMode;
+    const keyOf = (st, ls, i) => mode === "python" ? (ls >= 0 ? "l" + ls : "n" + ST.cap[i])
+      : (st >= 0 ? "s" + st : "n" + ST.cap[i]);
     for (const i of sel) {
-      const k = mode === "python" ? (ST.ls[i] >= 0 ? "l" + ST.ls[i] : "n" + ST.cap[i])
-        : (ST.st[i] >= 0 ? "s" + ST.st[i] : "n" + ST.cap[i]);
-      const w = weights.get(k);
-      if (w) { w[0] += ST.dur[i]; w[1]++; } else weights.set(k, [ST.dur[i], 1]);
+      const fl = ST.fl[i];
+      let pieces;
+      if (!fl) pieces = [[keyOf(ST.st[i], ST.ls[i], i), ST.dur[i]]];
+      else {
+        const m = new Map();
+        for (const [st, ls, ms] of fl) { const k = keyOf(st, ls, i); m.set(k, (m.get(k) || 0) + ms); }
+        pieces = [...m];
+      }
+      const setKey = pieces.map((p) => p[0]).join(" ");
+      let w = sets.get(setKey);
+      if (!w) sets.set(setKey, (w = [pieces.map((p) => [p[0], 0]), 0]));
+      for (let j = 0; j < pieces.length; j++) w[0][j][1] += pieces[j][1];
+      w[1]++;
     }
+    let stamp = 0;
     const add = (node, name, where, kind, ms, n) => {
       let kid = node.kids.get(name);
-      if (!kid) node.kids.set(name, (kid = { name, value: 0, kids: new Map(), count: 0, where, kind }));
+      if (!kid) node.kids.set(name, (kid = { name, value: 0, kids: new Map(), count: 0, where, kind, stamp: 0 }));
       kid.value += ms;
-      kid.count += n;
+      if (kid.stamp !== stamp) { kid.count += n; kid.stamp = stamp; }  // each stall counted once
       return kid;
     };
-    for (const [k, [ms, n]] of weights) {
-      root.value += ms;
+    const walkPieces = [];
+    for (const [pieces, n] of sets.values()) {
+      stamp++;
       root.count += n;
+      for (const [k, ms] of pieces) walkPieces.push([k, ms, n, stamp]);
+    }
+    for (const [k, ms, n, st] of walkPieces) {
+      stamp = st;
+      root.value += ms;
       let node = root;
       const id = +k.slice(1);
       if (k[0] === "n") {
@@ -796,35 +838,24 @@
     return String(v);
   }
 
-  function showStall(i) {
-    state.stall = i;
-    for (const tr of document.querySelectorAll("#stall-list tbody tr")) tr.classList.toggle("selected", +tr.dataset.stall === i);
-    const g = G[ST.g[i]], run = D.runs[ST.run[i]] || {}, x = (ST.x && ST.x[i]) || {};
-    const box = $("#stall-detail");
-    const fields = [
-      ["started", fmtTime(ST.t[i], true) + " UTC"],
-      ["lasted", fmtMs(ST.dur[i]) + (ST.end[i] >= 0 ? " (ended by " + S(ST.end[i]) + ")" : " (no stall_end: still going, or the record was lost)")],
-      ["blocked at capture", fmtMs(ST.blk[i]) + (ST.thr[i] != null ? " (threshold " + fmtMs(ST.thr[i]) + ")" : "")],
-      ["capture", S(ST.cap[i]) + (ST.hus[i] != null ? " (signal handler " + ST.hus[i] + " µs)" : "")],
-      ["cause", S(ST.cause[i]) || "—"],
-      ["fingerprint", g.fp + (g.computed ? " (computed by uvstall-report)" : "")],
-      ["loop", (S(ST.loop[i]) || "?") + " · tid " + ST.tid[i]],
-      ["process", "pid " + run.pid + " · run " + run.run_id + (run.host ? " · " + run.host : "") + (run.executable ? " · " + run.executable : "")],
-    ];
-    for (const k of Object.keys(x)) if (k !== "captures") fields.push([k, x[k]]);
-    const dl = el("dl", { class: "fields" });
-    for (const [k, v] of fields) dl.append(el("dt", { text: k }), el("dd", {}, fieldValue(v)));
-    const kids = [el("h3", { "data-stall-id": ST.sid[i], "data-duration-ms": ST.dur[i],
-      text: "Stall " + ST.sid[i] + ": " + fmtMs(ST.dur[i]) + " in " + shortName(g.label) }), dl];
-    if (x.captures) {
-      kids.push(el("h4", { text: "Captures" }));
-      // [capture, blocked_ms, time, frames, capture_error] per stall record
-      kids.push(el("ul", { id: "captures" }, ...x.captures.map(([cap, blocked, time, frames, error]) =>
-        el("li", { text: (time || "?") + ": capture " + cap + " at " + fmtMs(blocked) + " blocked, " +
-          plural(frames, "frame") + (error ? " (" + error + ")" : "") }))));
-    }
-    if (ST.ls[i] >= 0) {
-      const lst = D.lst[ST.ls[i]];
+  // A sample's thread, in words: "sleeping in recvfrom on socket:[5];
+  // CPU 0.08 ms, run queue 0.06 ms in 10.1 ms".
+  function threadText(t) {
+    if (!t) return null;
+    const [state, sys, nr, fd, win, cpu, rq, sysCpu, late] = t;
+    let out = S(state) || "?";
+    if (S(sys) || nr != null) out += " in " + (S(sys) || "syscall " + nr);
+    if (S(fd)) out += " on " + S(fd);
+    out += "; CPU " + fmtMs(cpu) + (sysCpu ? " (kernel " + fmtMs(sysCpu) + ")" : "") +
+      ", run queue " + fmtMs(rq) + " in " + fmtMs(win);
+    if (late) out += "; sentinel " + fmtMs(late) + " late";
+    return out;
+  }
+
+  function stackTables(i, st, ls) {
+    const kids = [];
+    if (ls >= 0) {
+      const lst = D.lst[ls];
       kids.push(el("h4", { text: "Python stack (innermost first)" }));
       const body = el("tbody");
       lst.forEach((id, j) => {
@@ -836,10 +867,10 @@
       kids.push(el("table", { class: "stack", id: "python-stack" }, body));
     }
     kids.push(el("h4", { text: "Native stack (innermost first)" }));
-    if (ST.st[i] >= 0) {
+    if (st >= 0) {
       const body = el("tbody");
       const top = D.groups[ST.g[i]].top;
-      D.st[ST.st[i]].forEach((id, j) => {
+      D.st[st].forEach((id, j) => {
         const pf = D.pf[id];
         const chain = pf[3].length ? pf[3] : [null];
         chain.forEach((_, c) => {
@@ -859,6 +890,71 @@
     } else {
       kids.push(el("p", { class: "muted", text: "No stack: the capture " + (S(ST.cap[i]) || "did not happen") + "." }));
     }
+    return kids;
+  }
+
+  // The stall's samples: taken at detection (sample 0) and again while it
+  // lasted; a click shows a sample's stack.
+  function samplesTable(i, cx, shown, onPick) {
+    const body = el("tbody");
+    cx.forEach(([cap, blocked, time, frames, error, sample, cause, thread, st, ls, fp], j) => {
+      const has = st >= 0 || ls >= 0;
+      body.append(el("tr", { "data-sample": j, class: (j === shown ? "selected" : "") + (has ? "" : " nostack"),
+        onclick: has ? () => onPick(j) : null },
+      el("td", { class: "num mono", text: sample == null ? "" : sample }),
+      el("td", { class: "mono", text: time ? time.slice(11, 23) : "?" }),
+      el("td", { class: "num", text: fmtMs(blocked) }),
+      el("td", {}, cap === "ok" ? "ok" : el("span", { class: "badge", text: cap || "?" }),
+        error ? el("div", { class: "where", text: error }) : null),
+      el("td", {}, S(cause) ? el("span", { class: "badge " + S(cause), text: S(cause) }) : "—",
+        thread ? el("div", { class: "where", text: threadText(thread) }) : null,
+        fp ? el("div", { class: "where", text: "fingerprint " + fp }) : null),
+      el("td", { class: "num", text: frames ? plural(frames, "frame") : "no stack" })));
+    });
+    return el("table", { id: "samples" }, el("thead", {}, el("tr", {},
+      ...["sample", "time (UTC)", "blocked", "capture", "cause, thread", "stack"].map((h) => el("th", { text: h })))), body);
+  }
+
+  function showStall(i, sampleShown) {
+    state.stall = i;
+    for (const tr of document.querySelectorAll("#stall-list tbody tr")) tr.classList.toggle("selected", +tr.dataset.stall === i);
+    const g = G[ST.g[i]], run = D.runs[ST.run[i]] || {}, x = (ST.x && ST.x[i]) || {};
+    const cx = ST.cx[i];
+    const box = $("#stall-detail");
+    // the first sample: what was seen at detection
+    const first = cx ? cx[0] : null;
+    const fields = [
+      ["started", fmtTime(ST.t[i], true) + " UTC"],
+      ["lasted", fmtMs(ST.dur[i]) + (ST.end[i] >= 0 ? " (ended by " + S(ST.end[i]) + ")" : " (no stall_end: still going, or the record was lost)")],
+      ["blocked at capture", fmtMs(ST.blk[i]) + (ST.thr[i] != null ? " (threshold " + fmtMs(ST.thr[i]) + ")" : "")],
+      ["capture", S(ST.cap[i]) + (ST.hus[i] != null ? " (signal handler " + ST.hus[i] + " µs)" : "")],
+      ["cause", (S(ST.cause[i]) || "—") + (first && first[7] ? ": " + threadText(first[7]) : "") +
+        (cx && cx.length > 1 ? " (at detection; later samples below)" : "")],
+      ["fingerprint", g.fp + (g.computed ? " (computed by uvstall-report)" : "")],
+      ["loop", (S(ST.loop[i]) || "?") + " · tid " + ST.tid[i]],
+      ["process", "pid " + run.pid + " · run " + run.run_id + (run.host ? " · " + run.host : "") + (run.executable ? " · " + run.executable : "")],
+    ];
+    for (const k of Object.keys(x)) fields.push([k, x[k]]);
+    const dl = el("dl", { class: "fields" });
+    for (const [k, v] of fields) dl.append(el("dt", { text: k }), el("dd", {}, fieldValue(v)));
+    const kids = [el("h3", { "data-stall-id": ST.sid[i], "data-duration-ms": ST.dur[i],
+      text: "Stall " + ST.sid[i] + ": " + fmtMs(ST.dur[i]) + " in " + shortName(g.label) }), dl];
+    // the stack shown: the stall's (its first sample with one), or the
+    // sample clicked
+    let st = ST.st[i], ls = ST.ls[i], shown = -1;
+    if (cx) {
+      if (sampleShown != null && cx[sampleShown]) { shown = sampleShown; st = cx[shown][8]; ls = cx[shown][9]; }
+      else shown = cx.findIndex((c) => c[8] === st && (c[8] >= 0 || c[9] === ls));
+      if (cx.length > 1 || cx[0][5] != null) {
+        kids.push(el("h4", { text: "Samples" + (cx.length > 1 ? " (click one for its stack)" : "") }));
+        kids.push(samplesTable(i, cx, shown, (j) => showStall(i, j)));
+      }
+    }
+    if (shown >= 0 && cx && cx.length > 1) {
+      kids.push(el("p", { class: "hint", id: "sample-shown", text: "Stack of sample " + (cx[shown][5] == null ? "#" + shown : cx[shown][5]) +
+        (cx[shown][0] !== "ok" ? " (capture " + cx[shown][0] + ")" : "") + "." }));
+    }
+    kids.push(...stackTables(i, st, ls));
     box.replaceChildren(...kids);
   }
 
@@ -874,10 +970,13 @@
         el("td", { text: r.uvstall_version || "" }),
         el("td", { class: "num", text: o.threshold_ms != null ? fmtMs(o.threshold_ms) : "" }),
         el("td", { class: "num", text: o.interval_ms != null ? fmtMs(o.interval_ms) : "" }),
-        el("td", { class: "num", text: r.stalls.toLocaleString("en-US") })));
+        el("td", { class: "num", text: r.stalls.toLocaleString("en-US") }),
+        el("td", { class: "num", text: r.summary_stalls != null ? r.summary_stalls.toLocaleString("en-US") : "—" }),
+        el("td", { class: "num", text: (r.suppressed || 0).toLocaleString("en-US") })));
     }
     kids.push(el("div", { class: "table-wrap" }, el("table", { id: "runs-table" }, el("thead", {}, el("tr", {},
-      ...["run_id", "pid", "host", "executable", "uvstall", "threshold", "interval", "stalls"].map((h) => el("th", { text: h })))), runs)));
+      ...["run_id", "pid", "host", "executable", "uvstall", "threshold", "interval", "stalls recorded",
+        "stalls in summaries", "suppressed"].map((h) => el("th", { text: h })))), runs)));
     const c = D.counts;
     const other = Object.entries(c.other_types || {}).map(([k, v]) => k + " " + v).join(", ");
     kids.push(el("ul", {},
@@ -886,14 +985,40 @@
       el("li", { id: "bad-lines", text: plural(c.bad, "bad line") + " skipped (not JSON, not an object, or a stall with broken frames)" +
         (c.bad > D.bad.length ? "; the first " + D.bad.length + ":" : c.bad ? ":" : "") }),
       c.dropped ? el("li", { text: plural(c.dropped, "record") + " dropped by uvstall before they were written (the 'dropped' fields)" }) : null,
+      c.suppressed ? el("li", { id: "suppressed-line", text: plural(c.suppressed, "stall") + " over the rate limit (max_stalls_per_minute) wrote no record: counted by the summary records and the 'suppressed' fields" }) : null,
       el("li", { text: "frames looked up with " + META.lookup }),
       el("li", { text: "skip list (never blamed): " + (D.skip.join(" ") || "(empty)") })));
     if (D.bad.length) {
       kids.push(el("ul", { class: "mono", id: "bad-examples" }, ...D.bad.map(([w, r]) => el("li", { text: w + ": " + r }))));
     }
-    if (D.summaries.length) {
-      kids.push(el("h4", { text: "Summary records" }));
-      kids.push(...D.summaries.map((s) => el("pre", { class: "json", text: JSON.stringify(s, null, 2) })));
+    if (D.sums.length) {
+      // What uvstall itself counted, per fingerprint: suppressed stalls
+      // (over the rate limit) are only here.
+      const recorded = new Map();
+      for (let i = 0; i < N; i++) {
+        const g = D.groups[ST.g[i]];
+        if (!g.computed) recorded.set(g.fp, (recorded.get(g.fp) || 0) + 1);
+      }
+      const body = el("tbody");
+      for (const [fp, culprit, n, sup, total, max, runs] of D.sums) {
+        const rec = recorded.get(fp) || 0;
+        body.append(el("tr", { "data-fingerprint": fp == null ? "" : fp, class: rec ? "" : "summary-only" },
+          el("td", { class: "mono", text: fp == null ? "(none)" : fp }),
+          el("td", {}, el("span", { class: "fn", title: S(culprit) || "", text: shortName(S(culprit)) || "—" })),
+          el("td", { class: "num", text: n.toLocaleString("en-US") }),
+          el("td", { class: "num", text: sup.toLocaleString("en-US") }),
+          el("td", { class: "num", text: rec ? rec.toLocaleString("en-US") : "none" }),
+          el("td", { class: "num", text: fmtMs(total) }), el("td", { class: "num", text: fmtMs(max) }),
+          el("td", { class: "num", text: runs })));
+      }
+      kids.push(el("h4", { text: "What the summary records count (" + plural(c.summaries, "summary record") + ")" }));
+      kids.push(el("div", { class: "table-wrap", id: "summaries" }, el("table", { id: "summaries-table" }, el("thead", {}, el("tr", {},
+        ...["fingerprint", "culprit", "stalls", "of them suppressed", "stall records here", "total", "max", "runs"]
+          .map((h) => el("th", { class: h === "fingerprint" || h === "culprit" ? "" : "num", text: h })))), body)));
+      if (c.summary_only) {
+        kids.push(el("p", { class: "hint", text: plural(c.summary_only, "fingerprint") + " only in the summaries: every stall of " +
+          (c.summary_only === 1 ? "it" : "them") + " was over the rate limit (or its records were lost)." }));
+      }
     }
     box.replaceChildren(...kids);
   }
