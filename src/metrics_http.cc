@@ -80,13 +80,14 @@ void conn_close(Conn *c) {
 
 void on_written(uv_write_t *req, int) { conn_close(static_cast<Conn *>(req->data)); }
 
-void answer(Conn *c, const char *status, const char *type, const std::string &body) {
+void answer(Conn *c, const char *status, const char *type, const std::string &body,
+            bool head_only = false) {
   if (c->answered) return;
   c->answered = true;
   uv_read_stop(reinterpret_cast<uv_stream_t *>(&c->tcp));
   c->answer = std::string("HTTP/1.1 ") + status + "\r\nContent-Type: " + type +
               "\r\nContent-Length: " + std::to_string(body.size()) +
-              "\r\nConnection: close\r\n\r\n" + body;
+              "\r\nConnection: close\r\n\r\n" + (head_only ? std::string() : body);
   uv_buf_t b = uv_buf_init(c->answer.data(), unsigned(c->answer.size()));
   c->wr.data = c;
   if (uv_write(&c->wr, reinterpret_cast<uv_stream_t *>(&c->tcp), &b, 1, on_written) != 0)
@@ -111,7 +112,7 @@ void handle_request(Conn *c) {
     answer(c, "405 Method Not Allowed", "text/plain", "only GET\n");
   } else if (path == "/metrics") {
     std::string body = prometheus_text(expose_all());
-    answer(c, "200 OK", "text/plain; version=0.0.4; charset=utf-8", method == "GET" ? body : "");
+    answer(c, "200 OK", "text/plain; version=0.0.4; charset=utf-8", body, method == "HEAD");
   } else if (path == "/") {
     answer(c, "200 OK", "text/plain", "uvstall: metrics at /metrics\n");
   } else {

@@ -368,6 +368,9 @@ TEST_SUITE("metrics endpoint") {
     CHECK(r400.rfind("HTTP/1.1 400", 0) == 0);
     CHECK(http(h.port, "GET /nope HTTP/1.0\r\n\r\n").rfind("HTTP/1.1 404", 0) == 0);
     CHECK(http(h.port, "POST /metrics HTTP/1.0\r\n\r\n").rfind("HTTP/1.1 405", 0) == 0);
+    const std::string head = http(h.port, "HEAD /metrics HTTP/1.0\r\n\r\n");
+    CHECK(head.rfind("HTTP/1.1 200", 0) == 0);
+    CHECK(head.size() == head.find("\r\n\r\n") + 4);  // headers only
     // The slow clients are cut at the deadline (the server closes: recv 0).
     for (int s : slow) {
       const std::string rest = read_all(s);

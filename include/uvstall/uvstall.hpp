@@ -68,6 +68,9 @@ class Watchdog {
     return s;
   }
 
+  // Starts a new stats window (uvstall_stats_reset); 0 or a negative code.
+  int reset_stats() noexcept { return h_ != nullptr ? uvstall_stats_reset(h_) : UVSTALL_EINVAL; }
+
   uvstall_t *handle() const noexcept { return h_; }
 
  private:
