@@ -6,6 +6,7 @@
 namespace uvt {
 
 std::atomic<uint64_t> g_culprit_end_ns{0};
+std::atomic<uint64_t> g_culprit_start_ns{0};
 
 void Collector::on_report(const char *json, size_t len, void *arg) {
   auto *self = static_cast<Collector *>(arg);
@@ -122,10 +123,12 @@ void on_thread(const std::function<void()> &body) {
 }  // namespace uvt
 
 namespace {
+void mark_start() { uvt::g_culprit_start_ns.store(uvt::now_ns()); }
 void mark_end() { uvt::g_culprit_end_ns.store(uvt::now_ns()); }
 }  // namespace
 
 UVSTALL_TEST_CULPRIT void uvstall_test_busy(int ms) {
+  mark_start();
   const uint64_t until = uvt::now_ns() + uint64_t(ms) * 1000000u;
   volatile uint64_t spins = 0;
   while (uvt::now_ns() < until) spins = spins + 1;
@@ -133,6 +136,7 @@ UVSTALL_TEST_CULPRIT void uvstall_test_busy(int ms) {
 }
 
 UVSTALL_TEST_CULPRIT void uvstall_test_sleep(int ms) {
+  mark_start();
   // Absolute deadline in a loop: the capture signal interrupts
   // clock_nanosleep with EINTR (see the header's note on EINTR).
   timespec t;
@@ -149,6 +153,7 @@ UVSTALL_TEST_CULPRIT void uvstall_test_sleep(int ms) {
 }
 
 UVSTALL_TEST_CULPRIT void uvstall_test_pipe_read(int fd) {
+  mark_start();
   char c;
   while (read(fd, &c, 1) < 0) {
   }
@@ -156,12 +161,14 @@ UVSTALL_TEST_CULPRIT void uvstall_test_pipe_read(int fd) {
 }
 
 UVSTALL_TEST_CULPRIT void uvstall_test_mutex_lock(std::mutex *m) {
+  mark_start();
   m->lock();
   m->unlock();
   mark_end();
 }
 
 UVSTALL_TEST_CULPRIT void uvstall_test_masked_busy(int sig, int masked_ms, int then_ms) {
+  mark_start();
   sigset_t set, old;
   sigemptyset(&set);
   sigaddset(&set, sig);

@@ -37,6 +37,9 @@ inline pid_t tid() { return pid_t(syscall(SYS_gettid)); }
 // Set by each culprit when it returns: a record that arrived before this
 // was delivered while the loop was still blocked.
 extern std::atomic<uint64_t> g_culprit_end_ns;
+// Set by each culprit when it is entered: with the end, how long the loop
+// was really blocked.
+extern std::atomic<uint64_t> g_culprit_start_ns;
 
 // One delivered record.
 struct Record {
