@@ -208,6 +208,11 @@ int main(int argc, char **argv) {
     }
   }
   bench::configure_for_bench();
+  // uvstall's threads outlive a watch. Start them before the first window,
+  // so every window (baselines too) runs in a process that has them: this
+  // measures what a watch costs, not the step from one thread to several
+  // (docs/PERFORMANCE.md, section 7, measures that step).
+  run_window("idle", 100, 1);
   // Configurations: 0 = no watch ("off", then "off2"), else the interval.
   std::vector<std::pair<std::string, int>> configs = {{"off", 0}, {"off2", 0}};
   for (int iv : intervals) configs.push_back({std::to_string(iv), iv});
