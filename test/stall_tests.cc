@@ -618,63 +618,63 @@ TEST_SUITE("diagnosis") {
     CHECK(s["thread"]["sentinel_late_ms"].get<double>() >= 300);
   }
 
-  TEST_CASE("a busy loop sharing its CPU with two busy threads is cause runqueue") {
-    // Pin the loop thread and two spinning threads to one CPU: the loop's
-    // 300 ms of work take about three times as long, waiting for the CPU
-    // two thirds of the time.
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(0, &one);
-    std::atomic<bool> stop{false};
-    auto spin = [&] {
-      pthread_setaffinity_np(pthread_self(), sizeof one, &one);
-      while (!stop) {
-      }
-    };
-    cpu_set_t before;
-    pthread_getaffinity_np(pthread_self(), sizeof before, &before);
-    REQUIRE(pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0);
-    std::thread t1(spin), t2(spin);
-    {
-      uvt::WatchedLoop wl;
-      wl.after(50, [] { uvstall_test_busy(600); });  // wall time: busy with others
-      wl.run();
-      stop = true;
-      first_stall(wl);
-      // The last sample: measured over the longest window (from detection
-      // on), so CFS's time slices average out.
-      auto s = wl.col.of_type("stall").back().j;
-      INFO(s.dump());
-      CHECK(s["sample"].get<int>() >= 2);
-      CHECK(s["cause"] == "runqueue");
-      CHECK(s["thread"]["runqueue_ms"].get<double>() >= 0.5 * s["thread"]["window_ms"].get<double>());
+  // Pins the calling thread and two spinning threads to CPU 0 for its
+  // lifetime: the caller gets about a third of that CPU.
+  class CrowdedCpu {
+   public:
+    CrowdedCpu() {
+      CPU_ZERO(&one_);
+      CPU_SET(0, &one_);
+      pthread_getaffinity_np(pthread_self(), sizeof before_, &before_);
+      pinned_ = pthread_setaffinity_np(pthread_self(), sizeof one_, &one_) == 0;
+      for (auto &t : spinners_) t = std::thread([this] {
+        pthread_setaffinity_np(pthread_self(), sizeof one_, &one_);
+        while (!stop_) {
+        }
+      });
     }
-    t1.join();
-    t2.join();
-    pthread_setaffinity_np(pthread_self(), sizeof before, &before);
+    ~CrowdedCpu() { release(); }
+    void release() {
+      stop_ = true;
+      for (auto &t : spinners_)
+        if (t.joinable()) t.join();
+      pthread_setaffinity_np(pthread_self(), sizeof before_, &before_);
+    }
+    bool pinned() const { return pinned_; }
+
+   private:
+    cpu_set_t one_, before_;
+    bool pinned_ = false;
+    std::atomic<bool> stop_{false};
+    std::thread spinners_[2];
+  };
+
+  TEST_CASE("a busy loop sharing its CPU with two busy threads is cause runqueue") {
+    // The loop's work takes about three times as long, waiting for the CPU
+    // two thirds of the time.
+    CrowdedCpu crowd;
+    REQUIRE(crowd.pinned());
+    uvt::WatchedLoop wl;
+    wl.after(50, [] { uvstall_test_busy(600); });  // wall time: busy with others
+    wl.run();
+    crowd.release();
+    first_stall(wl);
+    // The last sample: measured over the longest window (from detection
+    // on), so CFS's time slices average out.
+    auto s = wl.col.of_type("stall").back().j;
+    INFO(s.dump());
+    CHECK(s["sample"].get<int>() >= 2);
+    CHECK(s["cause"] == "runqueue");
+    CHECK(s["thread"]["runqueue_ms"].get<double>() >= 0.5 * s["thread"]["window_ms"].get<double>());
   }
 
   TEST_CASE("an idle loop next to busy threads on its CPU does not stall") {
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(0, &one);
-    std::atomic<bool> stop{false};
-    auto spin = [&] {
-      pthread_setaffinity_np(pthread_self(), sizeof one, &one);
-      while (!stop) {
-      }
-    };
-    cpu_set_t before;
-    pthread_getaffinity_np(pthread_self(), sizeof before, &before);
-    REQUIRE(pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0);
-    std::thread t1(spin), t2(spin);
+    CrowdedCpu crowd;
+    REQUIRE(crowd.pinned());
     uvt::WatchedLoop wl;
     wl.after(1500, [] {});
     wl.run();
-    stop = true;
-    t1.join();
-    t2.join();
-    pthread_setaffinity_np(pthread_self(), sizeof before, &before);
+    crowd.release();
     CHECK(wl.col.of_type("stall").empty());
   }
 
