@@ -338,13 +338,15 @@ struct Demo {
 };
 
 // Frames in these modules never name a culprit: the C library, the loader,
-// the kernel's vDSO, libuv, uvstall and the C++ runtime.
+// the kernel's vDSO, libuv, uvstall, the C++ runtime and the sanitizers'
+// interceptors (tools/skip-modules.txt is the library's list of the same).
 bool is_system_module(const std::string &path) {
   const std::string base = path.substr(path.find_last_of('/') + 1);
   static const char *const kPrefixes[] = {
       "libc.so",      "libc-",   "libpthread", "libdl",       "ld-linux",
       "ld-",          "[vdso]",  "linux-vdso", "libuv.so",    "libuvstall.so",
-      "libstdc++.so", "libgcc_s", "libunwind",  "libm.so"};
+      "libstdc++.so", "libgcc_s", "libunwind",  "libm.so",     "libasan.so",
+      "libubsan.so"};
   for (const char *p : kPrefixes)
     if (base.compare(0, std::strlen(p), p) == 0) return true;
   return false;
@@ -579,7 +581,7 @@ int main(int argc, char **argv) {
   }
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
 
-  // Never destroyed: uvstall's writer thread may call on_report until exit.
+  // Shared with on_report (uvstall's writer thread) until uvstall_stop.
   auto *d = new Demo;
   d->steps = {
       {"demo_sleep_in_callback", "sleeping 300 ms"},
@@ -691,5 +693,9 @@ int main(int argc, char **argv) {
                 too_short, kMustNameMs);
   if (d->culprit_failed) std::printf("FAIL: a culprit could not do its work (see above)\n");
   if (!all_named) std::printf("FAIL: uvstall did not name every culprit\n");
-  return all_named && !d->culprit_failed ? 0 : 1;
+  const int status = all_named && !d->culprit_failed ? 0 : 1;
+  // uvstall_stop has returned: on_report is not called any more.
+  lock.unlock();
+  delete d;
+  return status;
 }
