@@ -75,7 +75,7 @@ uint64_t HistSnapshot::total() const {
 HistSnapshot HistSnapshot::minus(const HistSnapshot &base) const {
   HistSnapshot d;
   for (size_t b = 0; b < counts.size(); ++b)
-    d.counts[b] = counts[b] - std::min(counts[b], base.counts[b]);
+    d.counts[b] = counts[b] - std::min(counts[b], b < base.counts.size() ? base.counts[b] : 0);
   d.sum_us = sum_us - std::min(sum_us, base.sum_us);
   return d;
 }

@@ -82,6 +82,7 @@ struct HistSnapshot {
   uint64_t sum_us = 0;
   uint64_t total() const;
   // this - base, bucket by bucket (counts never go down, so never negative).
+  // A base without counts (an empty vector) stands for all zeros.
   HistSnapshot minus(const HistSnapshot &base) const;
 };
 

@@ -690,6 +690,9 @@ void sentinel_add(const std::shared_ptr<Watch> &w) {
     auto base = std::make_shared<LoopCounters>();
     base->at_ns = now.at_ns;
     base->idle_ns = now.idle_ns;
+    // Zero counts: empty vectors, not 2 x 26 KiB of zeros per watch.
+    base->lag.counts = {};
+    base->delay.counts = {};
     std::lock_guard<std::mutex> lock(w->stats_mu);
     w->stats_base = std::move(base);
   }
