@@ -198,9 +198,10 @@ TEST_SUITE("child") {
                         &runs, &stalls, &written, &ends, &same_ids, &seconds, &total, &culprit,
                         &suppressed, &announced) == 10);
     CHECK(runs == 1000);
-    // Every culprit run is a stall (a loaded machine may add a few idle
-    // ones of its own, which have no culprit).
-    CHECK(stalls >= 1000);
+    // Every culprit run is a stall, give or take a few: on a slow build
+    // (sanitizers) two runs 3 ms apart may share one stall when no tick
+    // fits between them, and a loaded machine adds idle ones of its own.
+    CHECK(stalls >= 990);
     // At most the limit: a burst of 10, then 10 a minute.
     CHECK(written >= 1);
     CHECK(written <= 10 + size_t(seconds * 10 / 60) + 1);
