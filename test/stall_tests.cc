@@ -78,6 +78,22 @@ void check_single_stall(const uvt::WatchedLoop &wl, const std::string &culprit,
   CHECK(d <= truth + kLateMs);
 }
 
+// The loop's callback blocks in read() on a pipe until another thread
+// writes to it, about 300 ms later.
+void run_pipe_read_stall(uvt::WatchedLoop &wl) {
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  std::thread writer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(350));
+    CHECK(write(fds[1], "x", 1) == 1);
+  });
+  wl.after(50, [&] { uvstall_test_pipe_read(fds[0]); });
+  wl.run();
+  writer.join();
+  close(fds[0]);
+  close(fds[1]);
+}
+
 size_t open_fds() {
   size_t n = 0;
   DIR *d = opendir("/proc/self/fd");
@@ -123,18 +139,8 @@ TEST_SUITE("culprits") {
   }
 
   TEST_CASE("a blocking read on a pipe is reported while it waits") {
-    int fds[2];
-    REQUIRE(pipe(fds) == 0);
-    std::thread writer([&] {
-      std::this_thread::sleep_for(std::chrono::milliseconds(350));
-      REQUIRE(write(fds[1], "x", 1) == 1);
-    });
     uvt::WatchedLoop wl;
-    wl.after(50, [&] { uvstall_test_pipe_read(fds[0]); });
-    wl.run();
-    writer.join();
-    close(fds[0]);
-    close(fds[1]);
+    run_pipe_read_stall(wl);
     check_single_stall(wl, "uvstall_test_pipe_read", 300);
   }
 
@@ -575,23 +581,13 @@ TEST_SUITE("diagnosis") {
   }
 
   TEST_CASE("a read on a pipe is cause syscall, read, and names the pipe") {
-    int fds[2];
-    REQUIRE(pipe(fds) == 0);
-    std::thread writer([&] {
-      std::this_thread::sleep_for(std::chrono::milliseconds(350));
-      REQUIRE(write(fds[1], "x", 1) == 1);
-    });
     uvt::WatchedLoop wl;
-    wl.after(50, [&] { uvstall_test_pipe_read(fds[0]); });
-    wl.run();
-    writer.join();
+    run_pipe_read_stall(wl);
     auto s = first_stall(wl);
     INFO(s.dump());
     CHECK(s["cause"] == "syscall");
     CHECK(s["thread"]["syscall"] == "read");
     CHECK(s["thread"]["fd"].get<std::string>().rfind("pipe:[", 0) == 0);
-    close(fds[0]);
-    close(fds[1]);
   }
 
   TEST_CASE("SIGSTOP/SIGCONT of the whole process is cause paused") {
