@@ -223,7 +223,11 @@ TEST_SUITE("child") {
     REQUIRE(!stalls.empty());
     CHECK(stalls.back()["abort"] == true);
     CHECK(stalls.back()["blocked_ms"].get<double>() >= 390);
-    CHECK(names(stalls.back(), "uvstall_test_busy"));
+    // The culprit is named (by the abort sample, or by an earlier one when
+    // a loaded machine made that last capture time out).
+    bool named = false;
+    for (const auto &s : stalls) named |= names(s, "uvstall_test_busy");
+    CHECK(named);
   }
 
   TEST_CASE("unusable signals and queue sizes are refused") {
