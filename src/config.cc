@@ -82,10 +82,6 @@ int resolve_options(const uvstall_options_t *opts, Config *out) {
 
 int default_signal() { return SIGRTMAX - 3; }
 
-bool usable_signal(int sig) {
-  return sig == SIGUSR1 || sig == SIGUSR2 || (sig >= SIGRTMIN && sig <= SIGRTMAX);
-}
-
 int resolve_process_options(const uvstall_process_options_t *popts,
                             ProcessConfig *out) {
   uvstall_process_options_t p;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <uvstall/uvstall.h>
 
+#include <csignal>
 #include <cstdint>
 #include <string>
 
@@ -115,6 +116,9 @@ int resolve_process_options(const uvstall_process_options_t *popts,
 // keeps the first two real-time signals for itself).
 int default_signal();
 // True for signals uvstall can use: SIGUSR1, SIGUSR2, SIGRTMIN..SIGRTMAX.
-bool usable_signal(int sig);
+// (Inline: src/env.cc, compiled into the preload shim too, uses it.)
+inline bool usable_signal(int sig) {
+  return sig == SIGUSR1 || sig == SIGUSR2 || (sig >= SIGRTMIN && sig <= SIGRTMAX);
+}
 
 }  // namespace uvstall::internal

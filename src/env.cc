@@ -70,10 +70,6 @@ std::string warning(const char *name, const char *value, const std::string &acce
          "; using the default " + default_text;
 }
 
-bool usable(int sig) {
-  return sig == SIGUSR1 || sig == SIGUSR2 || (sig >= SIGRTMIN && sig <= SIGRTMAX);
-}
-
 }  // namespace
 
 bool parse_signal(const char *text, int *out) {
@@ -98,7 +94,7 @@ bool parse_signal(const char *text, int *out) {
   } else if (parse_u32(s.c_str(), &n) && n < 1024 && s == text) {
     sig = int(n);
   }
-  if (!usable(sig)) return false;
+  if (!usable_signal(sig)) return false;
   *out = sig;
   return true;
 }
