@@ -123,6 +123,18 @@ int main(int argc, char **argv) {
     h.finish();
     return 1;
   }
+  if (scenario == "stop-after-stall") {
+    // uvstall_stop in the same callback, right after the blocking code: the
+    // loop never ticks in between, so stop must end the stall, once.
+    static Host h;
+    h.after(50, [](uv_timer_t *) {
+      uvstall_test_busy(250);
+      uvstall_stop(h.w);
+      h.w = nullptr;
+    });
+    uv_run(&h.loop, UV_RUN_DEFAULT);
+    return 0;
+  }
   if (scenario == "drops") {
     uvstall_process_options_t p;
     uvstall_process_options_init(&p);

@@ -127,6 +127,22 @@ TEST_SUITE("child") {
     CHECK(ends[0]["duration_ms"].get<double>() >= 298);
   }
 
+  TEST_CASE("uvstall_stop right after a stall, before any tick: one stall_end, by stop") {
+    for (int i = 0; i < 3; ++i) {
+      auto r = run_child({"stop-after-stall"});
+      CHECK(r.status == 0);
+      auto stalls = of_type(r, "stall");
+      auto ends = of_type(r, "stall_end");
+      REQUIRE(stalls.size() >= 1);
+      CHECK(names(stalls[0], "uvstall_test_busy"));
+      REQUIRE(ends.size() == 1);
+      CHECK(ends[0]["ended_by"] == "stop");
+      // The stall ended when stop ran, right after the 250 ms busy loop.
+      CHECK(ends[0]["duration_ms"].get<double>() >= 248);
+      CHECK(ends[0]["duration_ms"].get<double>() <= 320);
+    }
+  }
+
   TEST_CASE("a host that exits right after a stall: exactly one stall_end") {
     for (int i = 0; i < 3; ++i) {
       auto r = run_child({"exit-after-stall"});

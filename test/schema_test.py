@@ -3,8 +3,10 @@
 docs/report.schema.json (validated with Debian's python3-jsonschema).
 
 Usage: schema_test.py SCHEMA CHILD_EXE [DEMO_EXE]
-Runs the test host's scenarios (stderr output, exit mid-stall, a replaced
-handler, a late capture...) and the demo, and validates every JSON line.
+Runs the test host's scenarios (stderr output, exit mid-stall, stop or exit
+right after a stall, a replaced handler, a late capture...) and the demo,
+validates every JSON line and checks that every reported stall has exactly
+one stall_end.
 """
 import json
 import os
@@ -26,6 +28,31 @@ def records_of(cmd, stream="stderr", env=None):
     return out
 
 
+def exactly_once(name, records):
+    """Every reported stall has exactly one stall_end, after its samples, and
+    every stall_end belongs to a reported stall. Returns the failure count."""
+    samples, ends, failures = {}, {}, 0
+    for i, r in enumerate(records):
+        key = (r.get("pid"), r.get("loop"), r.get("stall_id"))
+        if r.get("type") == "stall":
+            samples.setdefault(key, []).append(i)
+        elif r.get("type") == "stall_end":
+            ends.setdefault(key, []).append(i)
+    for key, idx in samples.items():
+        got = ends.get(key, [])
+        if len(got) != 1:
+            print(f"FAIL {name}: stall {key} has {len(got)} stall_end records")
+            failures += 1
+        elif got[0] < max(idx):
+            print(f"FAIL {name}: stall_end of {key} precedes a sample of it")
+            failures += 1
+    for key in ends:
+        if key not in samples:
+            print(f"FAIL {name}: stall_end {key} without a stall record")
+            failures += 1
+    return failures
+
+
 def main():
     schema_path, child = sys.argv[1], sys.argv[2]
     demo = sys.argv[3] if len(sys.argv) > 3 else None
@@ -35,8 +62,8 @@ def main():
     validator = jsonschema.Draft202012Validator(schema)
 
     runs = {}
-    for scenario in ["stderr", "exit-mid-stall", "exit-after-stall", "handler-replaced",
-                     "chain", "sigusr2", "metrics"]:
+    for scenario in ["stderr", "exit-mid-stall", "exit-after-stall", "stop-after-stall",
+                     "handler-replaced", "chain", "sigusr2", "metrics"]:
         runs[scenario] = records_of([child, scenario])
     if demo:
         with tempfile.TemporaryDirectory() as d:
@@ -49,6 +76,7 @@ def main():
     total = 0
     seen_types = set()
     seen_captures = set()
+    seen_ends = set()
     for name, records in runs.items():
         if not records:
             print(f"FAIL {name}: no records")
@@ -58,15 +86,22 @@ def main():
             seen_types.add(r.get("type"))
             if r.get("type") == "stall":
                 seen_captures.add(r.get("capture"))
+            if r.get("type") == "stall_end":
+                seen_ends.add(r.get("ended_by"))
             errors = sorted(validator.iter_errors(r), key=lambda e: e.path)
             if errors:
                 failures += 1
                 print(f"FAIL {name}: {errors[0].message} in {json.dumps(r)[:300]}")
+        failures += exactly_once(name, records)
     # The runs must have exercised every record type and the main captures,
     # or this test proves little.
     for t in ["start", "stall", "stall_end", "metrics"]:
         if t not in seen_types:
             print(f"FAIL: no {t} record in any run")
+            failures += 1
+    for e in ["loop", "stop", "exit"]:
+        if e not in seen_ends:
+            print(f"FAIL: no stall_end ended by {e}")
             failures += 1
     for c in ["ok", "failed"]:
         if c not in seen_captures:
