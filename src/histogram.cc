@@ -1,8 +1,11 @@
 // Tick lateness histograms (see histogram.h).
 #include "histogram.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cmath>
+#include <new>
 
 namespace uvstall::internal {
 
@@ -74,10 +77,37 @@ uint64_t HistSnapshot::total() const {
 
 HistSnapshot HistSnapshot::minus(const HistSnapshot &base) const {
   HistSnapshot d;
+  d.counts.resize(counts.size());
   for (size_t b = 0; b < counts.size(); ++b)
     d.counts[b] = counts[b] - std::min(counts[b], b < base.counts.size() ? base.counts[b] : 0);
   d.sum_us = sum_us - std::min(sum_us, base.sum_us);
   return d;
+}
+
+namespace {
+constexpr size_t kCountsBytes = sizeof(std::atomic<uint64_t>) * size_t(kHistBuckets);
+}
+
+LatencyHistogram::LatencyHistogram() {
+  void *p = mmap(nullptr, kCountsBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  mapped_ = p != MAP_FAILED;
+  // Anonymous pages read as zero; std::atomic<uint64_t>'s default
+  // constructor is trivial (C++17), so default-initializing them in place
+  // writes nothing and keeps the pages untouched. Without a mapping: zeroed
+  // heap memory.
+  if (mapped_) {
+    counts_ = static_cast<std::atomic<uint64_t> *>(p);
+    for (int b = 0; b < kHistBuckets; ++b) new (&counts_[b]) std::atomic<uint64_t>;
+  } else {
+    counts_ = new std::atomic<uint64_t>[kHistBuckets]();
+  }
+}
+
+LatencyHistogram::~LatencyHistogram() {
+  if (mapped_)
+    munmap(static_cast<void *>(counts_), kCountsBytes);
+  else
+    delete[] counts_;
 }
 
 void LatencyHistogram::snapshot(HistSnapshot *out) const {
@@ -99,7 +129,7 @@ std::vector<uint64_t> prom_cumulative(const HistSnapshot &s) {
   for (int b = 0; b < kHistBuckets; ++b) {
     const uint64_t lowest = hist_lowest(b);
     while (bound < kPromBoundsCount && lowest > bound_us(bound)) out[size_t(bound++)] = seen;
-    seen += s.counts[size_t(b)];
+    if (size_t(b) < s.counts.size()) seen += s.counts[size_t(b)];
   }
   while (bound < kPromBoundsCount) out[size_t(bound++)] = seen;
   out[size_t(kPromBoundsCount)] = seen;

@@ -78,7 +78,9 @@ HistSummary hist_summarize(const std::vector<uint64_t> &counts, uint64_t sum_us)
 
 // A snapshot: bucket counts and the sum of the recorded values.
 struct HistSnapshot {
-  std::vector<uint64_t> counts = std::vector<uint64_t>(kHistBuckets, 0);
+  // kHistBuckets counts once read; empty (all zeros) until then, so a zero
+  // baseline costs no memory.
+  std::vector<uint64_t> counts;
   uint64_t sum_us = 0;
   uint64_t total() const;
   // this - base, bucket by bucket (counts never go down, so never negative).
@@ -88,6 +90,15 @@ struct HistSnapshot {
 
 class LatencyHistogram {
  public:
+  // The counts live in pages of their own, mapped zeroed and only made
+  // resident when a bucket on them is first counted: a loop's histograms
+  // cost the pages its lateness actually reaches (typically one or two of
+  // seven), not 26 KiB each.
+  LatencyHistogram();
+  ~LatencyHistogram();
+  LatencyHistogram(const LatencyHistogram &) = delete;
+  LatencyHistogram &operator=(const LatencyHistogram &) = delete;
+
   // One value (the loop thread only).
   void record(uint64_t us) {
     if (us > kHistMaxUs) us = kHistMaxUs;
@@ -111,7 +122,8 @@ class LatencyHistogram {
   }
   // Written by the loop thread only (load + store, no read-modify-write
   // needed with one writer); read by any thread.
-  std::atomic<uint64_t> counts_[kHistBuckets] = {};
+  std::atomic<uint64_t> *counts_;  // kHistBuckets
+  bool mapped_;                      // counts_ from mmap (else new[])
   std::atomic<uint64_t> sum_us_{0};
 };
 

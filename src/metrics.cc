@@ -13,15 +13,17 @@
 
 namespace uvstall::internal {
 
-LoopCounters read_counters(Watch *w) {
+LoopCounters read_counters(Watch *w, bool histograms) {
   LoopCounters c;
   c.ticks = w->ticks.load(std::memory_order_relaxed);
   c.stalls = w->stalls.load(std::memory_order_relaxed);
   c.stalled_ns = w->stalled_ns_total.load(std::memory_order_relaxed);
   c.written = w->counters->written.load(std::memory_order_relaxed);
   c.dropped = w->counters->dropped.load(std::memory_order_relaxed);
-  w->lag->snapshot(&c.lag);
-  w->delay->snapshot(&c.delay);
+  if (histograms) {
+    w->lag->snapshot(&c.lag);
+    w->delay->snapshot(&c.delay);
+  }
   {
     // libuv guards the idle time with a mutex of its own so that other
     // threads may read it; w->mu keeps the loop from being stopped (and

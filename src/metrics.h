@@ -26,8 +26,9 @@ struct LoopCounters {
 };
 
 // Reads the watch's counters (takes w->mu briefly for the idle time; the
-// loop thread takes it only in start and stop).
-LoopCounters read_counters(Watch *w);
+// loop thread takes it only in start and stop). Without `histograms` the
+// lateness snapshots stay empty, which every reader takes as zero counts.
+LoopCounters read_counters(Watch *w, bool histograms = true);
 
 // Busy fraction between two readings, or -1 when the loop reports no idle time.
 double utilization(const LoopCounters &now, const LoopCounters &base);

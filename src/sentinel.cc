@@ -684,15 +684,13 @@ void sentinel_add(const std::shared_ptr<Watch> &w) {
   emit(w.get(), start_record(w->who, w->cfg, w->signal));
   w->last_tick_ns.store(mono_ns(), std::memory_order_relaxed);
   {
-    // The stats window starts at zero counts; only the loop's idle time
-    // (counted since the loop began) needs a starting point.
-    const LoopCounters now = read_counters(w.get());
+    // The stats window starts at zero counts (empty snapshots, not 2 x 26 KiB
+    // of zeros per watch); only the loop's idle time (counted since the loop
+    // began) needs a starting point.
+    LoopCounters now = read_counters(w.get(), /*histograms=*/false);
     auto base = std::make_shared<LoopCounters>();
     base->at_ns = now.at_ns;
     base->idle_ns = now.idle_ns;
-    // Zero counts: empty vectors, not 2 x 26 KiB of zeros per watch.
-    base->lag.counts = {};
-    base->delay.counts = {};
     std::lock_guard<std::mutex> lock(w->stats_mu);
     w->stats_base = std::move(base);
   }

@@ -20,6 +20,7 @@ namespace {
 // A snapshot holding these values (microseconds).
 HistSnapshot snap_of(const std::vector<uint64_t> &values) {
   HistSnapshot s;
+  s.counts.resize(kHistBuckets);
   for (uint64_t v : values) {
     s.counts[size_t(hist_index(v))]++;
     s.sum_us += v;
