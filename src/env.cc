@@ -77,7 +77,8 @@ std::string quote_env_value(const char *value) {
   static const char kHex[] = "0123456789abcdef";
   const size_t len = std::strlen(value);
   std::string out;
-  for (size_t i = 0; i < len && i < kMaxQuotedValueBytes; ++i) {
+  size_t i = 0;
+  for (; i < len && out.size() < kMaxQuotedValueBytes; ++i) {
     const unsigned char c = static_cast<unsigned char>(value[i]);
     if (c == '"' || c == '\\') {
       out += '\\';
@@ -90,8 +91,7 @@ std::string quote_env_value(const char *value) {
       out += kHex[c & 15];
     }
   }
-  if (len > kMaxQuotedValueBytes)
-    out += "... (" + std::to_string(len) + " bytes)";
+  if (i < len) out += "... (" + std::to_string(len) + " bytes)";
   return out;
 }
 

@@ -42,9 +42,9 @@ EnvSettings read_env(const EnvLookup &get);
 std::string expand_output_path(const std::string &path, pid_t pid);
 
 // A variable's value as a warning quotes it: printable ASCII as is, `"` and
-// `\` escaped, other bytes (newlines, non-ASCII) as \xNN, cut after
-// kMaxQuotedValueBytes with "... (N bytes)": a warning stays one short line
-// whatever the environment holds.
+// `\` escaped, other bytes (newlines, non-ASCII) as \xNN, cut once the
+// quoted text reaches kMaxQuotedValueBytes, with "... (N bytes)": a warning
+// stays one short line whatever the environment holds.
 constexpr size_t kMaxQuotedValueBytes = 80;
 std::string quote_env_value(const char *value);
 

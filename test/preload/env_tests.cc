@@ -220,7 +220,8 @@ const std::vector<std::string> kNotANumber = {
     "", "-1", "-0", "+5", "99999999999999999999", "4294967296", "18446744073709551621",
     "1e3", "0x10", " 5", "5 ", "5ms", "5\n", "\t5", "5.0", "1,000", "NaN", "inf",
     "\xef\xbc\x95" /* fullwidth 5 */, "\xff\xfe\x80", "\"5\"", "a\nb\rc\x1b[31m",
-    std::string(100000, 'x'), std::string(100000, '9'), std::string(5000, '0') + "x"};
+    std::string(100000, 'x'), std::string(100000, '9'), std::string(5000, '0') + "x",
+    std::string(100000, '\xff')};
 
 void check_one_warning(const EnvSettings &e, const std::string &name,
                        const std::string &range) {
@@ -328,6 +329,12 @@ TEST_SUITE("env") {
     CHECK(quote_env_value("caf\xc3\xa9") == "caf\\xc3\\xa9");
     const std::string q = quote_env_value(std::string(100000, 'x').c_str());
     CHECK(q == std::string(80, 'x') + "... (100000 bytes)");
+    // The cut counts what is shown (found by test/fuzz: 80 bytes of \xff
+    // made a 320-character quote).
+    const std::string e = quote_env_value(std::string(1000, '\xff').c_str());
+    CHECK(e.size() < 110);
+    CHECK(e.rfind("\\xff\\xff", 0) == 0);
+    CHECK(e.find("... (1000 bytes)") != std::string::npos);
   }
 
   TEST_CASE("all variables bad at once: one line each, every default") {
