@@ -7,12 +7,6 @@
 
 namespace uvstall::internal {
 
-uint32_t auto_threshold_ms(uint32_t interval_ms) {
-  uint64_t twice = uint64_t(interval_ms) * 2;
-  return uint32_t(std::min<uint64_t>(std::max<uint64_t>(kMinAutoThresholdMs, twice),
-                                     kMaxThresholdMs));
-}
-
 namespace {
 
 // The options prefix every caller has, whatever header it was built with.

@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <uvstall/uvstall.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdint>
 #include <string>
@@ -103,8 +104,13 @@ inline bool metrics_file_usable(const std::string &path) {
   return access(dir.c_str(), W_OK | X_OK) == 0;
 }
 
-// max(100, 2 x interval): the automatic threshold.
-uint32_t auto_threshold_ms(uint32_t interval_ms);
+// max(100, 2 x interval): the automatic threshold. (Inline: src/env.cc
+// checks UVSTALL_ABORT_AFTER_MS against it.)
+inline uint32_t auto_threshold_ms(uint32_t interval_ms) {
+  const uint64_t twice = uint64_t(interval_ms) * 2;
+  return uint32_t(std::min<uint64_t>(std::max<uint64_t>(kMinAutoThresholdMs, twice),
+                                     kMaxThresholdMs));
+}
 
 // Copies the caller's options (any struct_size from an older header) over
 // the defaults and checks every field. Returns 0 or a UVSTALL_E* code.

@@ -19,6 +19,7 @@ struct NumericVar {
   const char *name;
   uint32_t min;
   uint32_t max;
+  uint32_t min_nonzero;      // values 1..min_nonzero-1 are refused too (0 means off)
   const char *accepted;      // the range as users read it
   const char *default_text;  // the default as users read it
   uint32_t uvstall_options_t::*field;            // per-loop field, or
@@ -26,27 +27,27 @@ struct NumericVar {
 };
 
 const NumericVar kNumericVars[] = {
-    {"UVSTALL_INTERVAL_MS", 1, kMaxIntervalMs, "1..3600000 (milliseconds)", "20",
+    {"UVSTALL_INTERVAL_MS", 1, kMaxIntervalMs, 0, "1..3600000 (milliseconds)", "20",
      &uvstall_options_t::interval_ms, nullptr},
-    {"UVSTALL_THRESHOLD_MS", 0, kMaxThresholdMs,
+    {"UVSTALL_THRESHOLD_MS", 0, kMaxThresholdMs, 0,
      "0 (automatic) or 2 x interval..3600000 (milliseconds)", "0 (automatic: max(100, 2 x interval))",
      &uvstall_options_t::threshold_ms, nullptr},
-    {"UVSTALL_MAX_FRAMES", 1, kMaxFrames, "1..256", "64", &uvstall_options_t::max_frames, nullptr},
-    {"UVSTALL_CAPTURE_TIMEOUT_MS", 1, kMaxCaptureTimeoutMs, "1..10000 (milliseconds)", "50",
+    {"UVSTALL_MAX_FRAMES", 1, kMaxFrames, 0, "1..256", "64", &uvstall_options_t::max_frames, nullptr},
+    {"UVSTALL_CAPTURE_TIMEOUT_MS", 1, kMaxCaptureTimeoutMs, 0, "1..10000 (milliseconds)", "50",
      &uvstall_options_t::capture_timeout_ms, nullptr},
-    {"UVSTALL_MAX_QUEUED_REPORTS", 1, kMaxQueuedReports, "1..1000000", "1024", nullptr,
+    {"UVSTALL_MAX_QUEUED_REPORTS", 1, kMaxQueuedReports, 0, "1..1000000", "1024", nullptr,
      &uvstall_process_options_t::max_queued_reports},
-    {"UVSTALL_MAX_SAMPLES_PER_STALL", 1, kMaxSamples, "1..64", "8",
+    {"UVSTALL_MAX_SAMPLES_PER_STALL", 1, kMaxSamples, 0, "1..64", "8",
      &uvstall_options_t::max_samples_per_stall, nullptr},
-    {"UVSTALL_ABORT_AFTER_MS", 0, kMaxAbortAfterMs,
+    {"UVSTALL_ABORT_AFTER_MS", 0, kMaxAbortAfterMs, 0,
      "0 (off) or threshold..3600000 (milliseconds)", "0 (off)",
      &uvstall_options_t::abort_after_ms, nullptr},
-    {"UVSTALL_MAX_STALLS_PER_MINUTE", 0, kMaxStallsPerMinute, "0 (unlimited)..1000000", "60",
+    {"UVSTALL_MAX_STALLS_PER_MINUTE", 0, kMaxStallsPerMinute, 0, "0 (unlimited)..1000000", "60",
      nullptr, &uvstall_process_options_t::max_stalls_per_minute},
-    {"UVSTALL_SUMMARY_INTERVAL_MS", 0, kMaxSummaryIntervalMs,
+    {"UVSTALL_SUMMARY_INTERVAL_MS", 0, kMaxSummaryIntervalMs, kMinSummaryIntervalMs,
      "0 (at stop and exit only) or 100..86400000 (milliseconds)", "60000", nullptr,
      &uvstall_process_options_t::summary_interval_ms},
-    {"UVSTALL_METRICS_INTERVAL_MS", 0, kMaxMetricsIntervalMs,
+    {"UVSTALL_METRICS_INTERVAL_MS", 0, kMaxMetricsIntervalMs, kMinMetricsIntervalMs,
      "0 (off) or 100..86400000 (milliseconds)", "0 (off)", &uvstall_options_t::metrics_interval_ms,
      nullptr},
 };
@@ -66,11 +67,33 @@ bool parse_u32(const char *text, uint32_t *out) {
 
 std::string warning(const char *name, const char *value, const std::string &accepted,
                     const char *default_text) {
-  return std::string("uvstall: ignoring ") + name + "=\"" + value + "\": accepted " + accepted +
-         "; using the default " + default_text;
+  return std::string("uvstall: ignoring ") + name + "=\"" + quote_env_value(value) +
+         "\": accepted " + accepted + "; using the default " + default_text;
 }
 
 }  // namespace
+
+std::string quote_env_value(const char *value) {
+  static const char kHex[] = "0123456789abcdef";
+  const size_t len = std::strlen(value);
+  std::string out;
+  size_t i = 0;
+  for (; i < len && out.size() < kMaxQuotedValueBytes; ++i) {
+    const unsigned char c = static_cast<unsigned char>(value[i]);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += char(c);
+    } else if (c >= 0x20 && c < 0x7f) {
+      out += char(c);
+    } else {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  if (i < len) out += "... (" + std::to_string(len) + " bytes)";
+  return out;
+}
 
 bool parse_signal(const char *text, int *out) {
   if (text == nullptr) return false;
@@ -124,7 +147,7 @@ EnvSettings read_env(const EnvLookup &get) {
     const char *text = get(v.name);
     if (text == nullptr) continue;
     uint32_t n = 0;
-    if (!parse_u32(text, &n) || n < v.min || n > v.max) {
+    if (!parse_u32(text, &n) || n < v.min || n > v.max || (n != 0 && n < v.min_nonzero)) {
       e.warnings.push_back(warning(v.name, text, v.accepted, v.default_text));
       continue;
     }
@@ -146,11 +169,15 @@ EnvSettings read_env(const EnvLookup &get) {
     e.opts.threshold_ms = 0;
   }
 
-  // Likewise 1..99 is below the metrics interval's lower bound.
-  if (e.opts.metrics_interval_ms != 0 && e.opts.metrics_interval_ms < kMinMetricsIntervalMs) {
-    e.warnings.push_back(warning("UVSTALL_METRICS_INTERVAL_MS", get("UVSTALL_METRICS_INTERVAL_MS"),
-                                 "0 (off) or 100..86400000 (milliseconds)", "0 (off)"));
-    e.opts.metrics_interval_ms = 0;
+  // And the abort's on the threshold in force (given or automatic).
+  const uint32_t threshold =
+      e.opts.threshold_ms != 0 ? e.opts.threshold_ms : auto_threshold_ms(e.opts.interval_ms);
+  if (e.opts.abort_after_ms != 0 && e.opts.abort_after_ms < threshold) {
+    e.warnings.push_back(warning(
+        "UVSTALL_ABORT_AFTER_MS", get("UVSTALL_ABORT_AFTER_MS"),
+        "0 (off) or " + std::to_string(threshold) + "..3600000 (at least the threshold)",
+        "0 (off)"));
+    e.opts.abort_after_ms = 0;
   }
 
   if (const char *text = get("UVSTALL_METRICS_ADDR")) {

@@ -41,6 +41,13 @@ EnvSettings read_env(const EnvLookup &get);
 // "%p" becomes the pid and "%%" a single "%"; anything else is kept.
 std::string expand_output_path(const std::string &path, pid_t pid);
 
+// A variable's value as a warning quotes it: printable ASCII as is, `"` and
+// `\` escaped, other bytes (newlines, non-ASCII) as \xNN, cut once the
+// quoted text reaches kMaxQuotedValueBytes, with "... (N bytes)": a warning
+// stays one short line whatever the environment holds.
+constexpr size_t kMaxQuotedValueBytes = 80;
+std::string quote_env_value(const char *value);
+
 // A capture signal by number ("40") or name ("SIGUSR1", "USR2", "SIGRTMIN+2",
 // "RTMAX-3"). Returns false when the text names no signal uvstall can use.
 bool parse_signal(const char *text, int *out);

@@ -133,7 +133,14 @@ void attach_locked(uv_loop_t *loop, Loop *l) {
     }
     // Another user of the library (a language package) may have configured
     // it already: then its settings stand.
-    if (g->env.process_set) uvstall_configure(&g->env.popts);
+    // The parser only passes values the library accepts; if it ever does
+    // not, say so rather than drop the settings silently.
+    if (g->env.process_set) {
+      const int rc = uvstall_configure(&g->env.popts);
+      if (rc != 0 && rc != UVSTALL_ECONFIGURED)
+        say(std::string("uvstall: ignoring the process-wide UVSTALL_* settings: ") +
+            uvstall_strerror(rc));
+    }
   }
   uvstall_options_t opts = g->env.opts;
   const std::string path = uvstall::internal::expand_output_path(g->env.output_path, getpid());
@@ -142,8 +149,10 @@ void attach_locked(uv_loop_t *loop, Loop *l) {
   if (rc == UVSTALL_EOUTPUT) {
     if (!g->warned_output) {
       g->warned_output = true;
-      say("uvstall: ignoring UVSTALL_OUTPUT_PATH=\"" + g->env.output_path +
-          "\": cannot open " + path + " for appending; using the default, standard error");
+      say("uvstall: ignoring UVSTALL_OUTPUT_PATH=\"" +
+          uvstall::internal::quote_env_value(g->env.output_path.c_str()) + "\": cannot open " +
+          uvstall::internal::quote_env_value(path.c_str()) +
+          " for appending; using the default, standard error");
     }
     opts.output_path = nullptr;
     rc = uvstall_start(loop, &opts, &l->watch);

@@ -41,6 +41,7 @@ extern "C" int uvstall_start(uv_loop_t *loop, const uvstall_options_t *opts,
                              uvstall_t **out) {
   using namespace uvstall::internal;
   if (loop == nullptr || out == nullptr) return UVSTALL_EINVAL;
+  *out = nullptr;  // a defined result on every error
   const pid_t tid = pid_t(syscall(SYS_gettid));
   int rc = attach_claim(loop, tid);
   if (rc != 0) return rc;

@@ -230,7 +230,8 @@ UVSTALL_EXTERN int uvstall_configure(const uvstall_process_options_t *popts);
 /* Starts watching `loop`. Call on the thread that runs the loop, and keep
  * running the loop on that thread: the capture signal is sent to it. Our
  * handles are unref'd, so they never keep the loop alive. `opts` may be NULL
- * for all defaults. On success *out is the watch. */
+ * for all defaults. On success *out is the watch; on failure it is set to
+ * NULL (when `out` itself is not NULL). */
 UVSTALL_EXTERN int uvstall_start(uv_loop_t *loop, const uvstall_options_t *opts,
                                  uvstall_t **out);
 

@@ -95,19 +95,48 @@ def configure(*, signal=0, max_queued_reports=1024, max_stalls_per_minute=60,
     lib = library()
     popts = _lib.ProcessOptions()
     lib.process_options_init(ctypes.byref(popts))
-    popts.signal = signal
+    popts.signal = _c_int("signal", signal)
     popts.max_queued_reports = _u32("max_queued_reports", max_queued_reports)
     popts.max_stalls_per_minute = _u32("max_stalls_per_minute", max_stalls_per_minute)
     popts.summary_interval_ms = _u32("summary_interval_ms", summary_interval_ms)
     _check(lib, lib.configure(ctypes.byref(popts)))
 
 
-def _u32(name, value):
+def _int_in(name, value, low, high):
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError("%s must be an int, not %s" % (name, type(value).__name__))
-    if not 0 <= value <= _U32_MAX:
-        raise ValueError("%s must be between 0 and %d (got %d)" % (name, _U32_MAX, value))
+    if not low <= value <= high:
+        raise ValueError("%s must be between %d and %d (got %d)" % (name, low, high, value))
     return value
+
+
+def _u32(name, value):
+    return _int_in(name, value, 0, _U32_MAX)
+
+
+def _c_int(name, value):
+    # ctypes would keep only the low 32 bits: 2**32 + 10 must not become 10.
+    return _int_in(name, value, -2**31, 2**31 - 1)
+
+
+def _c_string(name, value, path=False):
+    """str (or, for paths, bytes and path-like) as the library's C string:
+    UTF-8, with the bytes of undecodable file names and arguments
+    (surrogateescape) passed on as they were. A NUL would cut the string
+    short in C, so it is refused, as open() refuses it."""
+    if path:
+        try:
+            data = os.fsencode(value)
+        except TypeError:
+            raise TypeError("%s must be a str, bytes or os.PathLike, not %s"
+                            % (name, type(value).__name__)) from None
+    elif isinstance(value, str):
+        data = value.encode("utf-8", "surrogateescape")
+    else:
+        raise TypeError("%s must be a str, not %s" % (name, type(value).__name__))
+    if b"\0" in data:
+        raise ValueError("%s must not contain a NUL character" % name)
+    return data
 
 
 def _loop_name(loop):
@@ -160,7 +189,9 @@ def watch(loop=None, *, threshold_ms=0, interval_ms=20, output_path=None,
                          samples at 2x, 4x, 8x... the threshold
       abort_after_ms     0 = off; a stall this long is reported, then the
                          loop thread gets SIGABRT (for a core dump)
-    Raises UvstallError (bad options, ...) or LibraryNotFound. If this
+    Raises TypeError or ValueError for a value of the wrong type, outside
+    0..2**32-1, or a string with a NUL (checked before anything starts),
+    UvstallError (options the library refuses, ...) or LibraryNotFound. If this
     thread is already watched (preload mode, or another watch), returns an
     inactive Watch with already_watched set, quietly.
     """
@@ -194,8 +225,12 @@ class Watch:
         opts.max_samples_per_stall = _u32("max_samples_per_stall", max_samples_per_stall)
         opts.abort_after_ms = _u32("abort_after_ms", abort_after_ms)
         name = loop_name if loop_name is not None else _loop_name(loop)
-        opts.loop_name = name.encode()
+        opts.loop_name = _c_string("loop_name", name)
+        if output_path is not None:
+            output_path = _c_string("output_path", output_path, path=True)
         fifo = None
+        if on_report is not None and not callable(on_report):
+            raise TypeError("on_report must be callable(str), not %s" % type(on_report).__name__)
         if on_report is not None:
             if output_path is not None:
                 raise ValueError("uvstall.watch(): give on_report or output_path, not "
@@ -299,17 +334,18 @@ class Watch:
         value None removes the key. Call on the loop's thread. Needs a
         library with uvstall_set_context (issue 7); with an older one this
         only keeps the values in .context, and raises nothing."""
+        ckey = _c_string("context key", str(key))
+        cvalue = None if value is None else _c_string("context value", str(value))
+        fn = self._lib.set_context
+        if fn is not None and self._h is not None:
+            if threading.get_ident() != self.thread_id:
+                raise RuntimeError("uvstall: set_context must be called on the loop's thread")
+            _check(self._lib, fn(self._h, ckey, cvalue))
+        # Only what the library took (a refused key is not kept either).
         if value is None:
             self.context.pop(key, None)
         else:
             self.context[key] = value
-        fn = self._lib.set_context
-        if fn is None or self._h is None:
-            return
-        if threading.get_ident() != self.thread_id:
-            raise RuntimeError("uvstall: set_context must be called on the loop's thread")
-        _check(self._lib, fn(self._h, str(key).encode(),
-                             None if value is None else str(value).encode()))
 
     def __enter__(self):
         return self

@@ -98,7 +98,7 @@ def _check_options(lib, o):
         return lib.message(-5)
     if not 1 <= o.capture_timeout_ms <= 10000:
         return lib.message(-6)
-    if o.loop_name is not None and len(o.loop_name.encode()) > 63:
+    if o.loop_name is not None and len(o.loop_name.encode("utf-8", "surrogateescape")) > 63:
         return lib.message(-7)
     if o.output_path is not None:
         try:

@@ -351,6 +351,43 @@ class Configuration(Base):
         self.assertEqual(start["options"]["max_frames"], 64)
         self.assertEqual(len(self.stalls_in(read_jsonl(out), "c_host_blocking_sleep")), 1)
 
+    def test_hostile_values_one_printable_line_each_then_defaults(self):
+        # Values a shell, a typo or an attacker could leave in the
+        # environment (issue 11): each gives one printable line naming the
+        # variable, the loop is still watched, with the defaults.
+        plain = self.run_cmd([C_HOST, "stall"])
+        out = os.path.join(self.tmp, "s.jsonl")
+        bad = {"UVSTALL_INTERVAL_MS": "99999999999999999999",
+               "UVSTALL_THRESHOLD_MS": "1e3",
+               "UVSTALL_MAX_FRAMES": "0x10",
+               "UVSTALL_CAPTURE_TIMEOUT_MS": " 5",
+               "UVSTALL_MAX_SAMPLES_PER_STALL": "5ms",
+               "UVSTALL_ABORT_AFTER_MS": "50",             # before the 100 ms threshold
+               "UVSTALL_SUMMARY_INTERVAL_MS": "50",        # 1..99 is refused
+               "UVSTALL_MAX_QUEUED_REPORTS": "-0",
+               "UVSTALL_MAX_STALLS_PER_MINUTE": "",
+               "UVSTALL_METRICS_INTERVAL_MS": "x" * 100000,
+               "UVSTALL_METRICS_ADDR": "127.0.0.1:9464\nX-Injected: 1",
+               "UVSTALL_METRICS_FILE": "/nonexistent-dir/\x1b[31mred.prom",
+               "UVSTALL_SIGNAL": "SIGRTMIN+4294967296",
+               "UVSTALL_NO_CHILDREN": "\u00e9"}
+        watched = self.run_cmd([C_HOST, "stall"], uvstall=["-o", out], env=bad)
+        self.assert_same_host(plain, watched)
+        lines = watched.stderr.splitlines()
+        self.assertEqual(len(lines), len(bad), lines)
+        for name in bad:
+            mine = [l for l in lines if l.startswith("uvstall: ignoring %s=\"" % name)]
+            self.assertEqual(len(mine), 1, (name, lines))
+            self.assertIn("; using the default ", mine[0])
+            self.assertLess(len(mine[0]), 400)
+            self.assertTrue(mine[0].isprintable() and mine[0].isascii(), mine[0])
+        records = read_jsonl(out)
+        options = [r for r in records if r["type"] == "start"][0]["options"]
+        self.assertEqual((options["interval_ms"], options["threshold_ms"], options["max_frames"],
+                          options["capture_timeout_ms"], options["max_samples_per_stall"],
+                          options["abort_after_ms"]), (20, 100, 64, 50, 8, 0))
+        self.assertEqual(len(self.stalls_in(records, "c_host_blocking_sleep")), 1)
+
     def test_flags_set_the_options(self):
         out = os.path.join(self.tmp, "s.jsonl")
         watched = self.run_cmd([C_HOST, "stall"], uvstall=[

@@ -349,6 +349,25 @@ class Launcher(unittest.TestCase):
                 self.assertEqual(p.stdout, "")
                 self.assertIn(msg, p.stderr)
 
+    def test_hostile_flag_values(self):
+        # Garbage flags: exit 2 with argparse's or the library's one line,
+        # never a traceback; a loop name that is not UTF-8 (argv bytes) is
+        # taken as it is.
+        for opts in (["--interval-ms", "1e3"], ["--max-frames", "0x10"],
+                     ["--threshold-ms", "99999999999999999999"], ["--signal", "SIGKILL"],
+                     ["--capture-timeout-ms", "5ms"], ["--loop-name", "x" * 64],
+                     ["--summary-interval-ms", "-1"], ["--max-queued-reports", ""]):
+            with self.subTest(opts=opts):
+                p = subprocess.run([PY, "-m", "uvstall"] + opts + [self.EXITS, "ok"],
+                                   capture_output=True, text=True)
+                self.assertEqual(p.returncode, 2, p.stderr)
+                self.assertEqual(p.stdout, "")
+                self.assertNotIn("Traceback", p.stderr)
+        p = subprocess.run([PY.encode(), b"-m", b"uvstall", b"--loop-name", b"caf\xe9",
+                            self.EXITS.encode(), b"ok"], capture_output=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertNotIn(b"Traceback", p.stderr)
+
     def test_per_watch_and_process_options_reach_the_library(self):
         p, records = run_app([self.EXITS, "ok"], uvstall_opts=[
             "--max-samples-per-stall", "1", "--max-stalls-per-minute", "5",
@@ -642,6 +661,76 @@ class WatchApi(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, "not both"):
                 uvstall.watch(loop, on_report=print, output_path="/tmp/x")
             self.assertIsNone(uvstall.current())
+        finally:
+            loop.close()
+
+    def test_every_keyword_fuzzed(self):
+        # Each bad value: an exception naming the keyword, raised before
+        # anything starts; then the defaults still watch the loop.
+        import uvstall
+        ints = ("threshold_ms", "interval_ms", "max_frames", "capture_timeout_ms",
+                "max_samples_per_stall", "abort_after_ms")
+        cases = []
+        for k in ints:
+            for v in (-1, -0.0, 2**32, 10**30, 1.5, "5", "", None, True, b"5", [5]):
+                cases.append(({k: v}, (TypeError, ValueError), k))
+        cases += [
+            ({"interval_ms": 0}, uvstall.UvstallError, "interval_ms"),
+            ({"max_frames": 2**32 - 1}, uvstall.UvstallError, "max_frames"),
+            ({"loop_name": "x" * 64}, uvstall.UvstallError, "loop_name"),
+            ({"loop_name": "a\0b"}, ValueError, "loop_name"),
+            ({"loop_name": b"bytes"}, TypeError, "loop_name"),
+            ({"loop_name": 5}, TypeError, "loop_name"),
+            ({"output_path": "/tmp/a\0b"}, ValueError, "output_path"),
+            ({"output_path": ""}, uvstall.UvstallError, "output_path"),
+            ({"output_path": "/nonexistent-dir/x.jsonl"}, uvstall.UvstallError, "output_path"),
+            ({"output_path": 5}, TypeError, "output_path"),
+            ({"on_report": 5}, TypeError, "on_report"),
+            ({"on_report": "print"}, TypeError, "on_report"),
+        ]
+        loop = asyncio.new_event_loop()
+        try:
+            for kw, exc, name in cases:
+                with self.subTest(kw=repr(kw)[:60]):
+                    with self.assertRaises(exc) as cm:
+                        uvstall.watch(loop, **kw)
+                    self.assertIn(name, str(cm.exception))
+                    self.assertIsNone(uvstall.current())
+            # A name of any bytes (from argv, say) is taken as it is.
+            w = uvstall.watch(loop, loop_name="caf\udce9 \"q\"\n")
+            self.assertTrue(w.active)
+            w.stop()
+            w = uvstall.watch(loop)
+            self.assertTrue(w.active)
+            w.stop()
+        finally:
+            loop.close()
+        for kw in ({"signal": 2**32 + 10}, {"signal": "x"}, {"signal": None},
+                   {"max_queued_reports": -1}, {"summary_interval_ms": 1.5}):
+            with self.subTest(kw=kw):
+                with self.assertRaises((TypeError, ValueError)) as cm:
+                    uvstall.configure(**kw)
+                self.assertIn(list(kw)[0], str(cm.exception))
+
+    def test_hostile_context(self):
+        import uvstall
+        if uvstall.library().set_context is None:
+            self.fail("the library has no uvstall_set_context")
+        loop = asyncio.new_event_loop()
+        try:
+            w = uvstall.watch(loop)
+            with self.assertRaisesRegex(ValueError, "context key must not contain a NUL"):
+                w.set_context("k\0x", "v")
+            with self.assertRaisesRegex(ValueError, "context value must not contain a NUL"):
+                w.set_context("k", "v\0x")
+            with self.assertRaises(uvstall.UvstallError):
+                w.set_context("", "v")
+            with self.assertRaises(uvstall.UvstallError):
+                w.set_context("k" * 32, "v")
+            w.set_context("\udcff", "\udcfe")   # undecodable bytes: passed on as they are
+            w.set_context("huge", "x" * 100000)  # the library keeps 127 bytes
+            self.assertEqual(set(w.context), {"\udcff", "huge"})  # refused keys not kept
+            w.stop()
         finally:
             loop.close()
 

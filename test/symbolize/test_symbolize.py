@@ -38,6 +38,7 @@ BACKENDS = ("llvm-symbolizer", "addr2line")
 
 sys.path.insert(0, TOOLS)
 from uvstall_tools import skiplist  # noqa: E402
+import hostile  # noqa: E402  (beside this file)
 
 # Set by setUpModule.
 WORK = None
@@ -389,10 +390,11 @@ class BadInput(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         warnings = result.stderr.splitlines()
         self.assertEqual([w.split(": ")[1] for w in warnings],
-                         ["%s:%d" % (path, n) for n in (2, 4, 5, 6, 9, 10)], result.stderr)
+                         ["%s:%d" % (path, n) for n in (2, 4, 5, 6, 9)]
+                         + ["5 bad lines skipped", "%s:10" % path], result.stderr)
         self.assertIn("not JSON", warnings[0])
         self.assertIn("frame #1 lacks offset", warnings[3])
-        self.assertIn("/nonexistent/libgone.so.1: no file with build-id", warnings[5])
+        self.assertIn("/nonexistent/libgone.so.1: no file with build-id", warnings[6])
         out = [json.loads(line) for line in result.stdout.splitlines()]
         self.assertEqual([r["type"] for r in out],
                          ["start", "stall", "heartbeat", "stall", "stall_end"])
@@ -412,6 +414,62 @@ class BadInput(unittest.TestCase):
 
     def test_clean_input_exits_zero(self):
         self.assertEqual(symbolize("--folded", stdin=REPORT).returncode, 0)
+
+
+class HostileInput(unittest.TestCase):
+    """Truncated, corrupt and enormous input (test/symbolize/hostile.py):
+    never a traceback; the bad lines skipped and counted in one line on
+    stderr (the first ten named); exit status 1 when a line was skipped,
+    else 0; every good line used, in every output mode."""
+
+    MODES = ((), ("--json",), ("--summary",), ("--folded",))
+
+    def check(self, name, content, bad, kept):
+        path = os.path.join(WORK, "hostile.jsonl")
+        with open(path, "wb") as f:
+            f.write(content)
+        good = len(hostile.good_lines()) if content else 0
+        for mode in self.MODES:
+            with self.subTest(case=name, mode=mode):
+                result = subprocess.run(
+                    ["/usr/bin/python3", SYMBOLIZE, "--no-lookup", *mode, path],
+                    capture_output=True, timeout=120, env=clean_environment())
+                err = result.stderr.decode("utf-8", "replace")
+                self.assertNotIn("Traceback", err)
+                self.assertEqual(result.returncode, 1 if bad else 0, err[-2000:])
+                lines = err.splitlines()
+                self.assertLessEqual(len(lines), 11, err[-2000:])
+                if bad:
+                    self.assertEqual(lines[-1], "uvstall-symbolize: %d bad line%s skipped%s" % (
+                        bad, "" if bad == 1 else "s",
+                        " (the first 10 named above)" if bad > 10 else ""))
+                    self.assertTrue(all(l.endswith("; line skipped") for l in lines[:-1]),
+                                    lines)
+                else:
+                    self.assertEqual(err, "")
+                if mode == ("--json",):
+                    out = result.stdout.decode("utf-8").splitlines()
+                    self.assertEqual(len(out), good + kept)
+                    for line in out:
+                        self.assertIsInstance(json.loads(line), dict)
+                elif mode == ("--summary",) and content:
+                    # every good stall counted (kept records may add more)
+                    stalls = sum('"type":"stall"' in line for line in hostile.good_lines())
+                    m = re.match(r"(\d+) stalls, ", result.stdout.decode())
+                    self.assertGreaterEqual(int(m.group(1)), stalls)
+
+    def test_each_case(self):
+        for case in hostile.cases() + [hostile.empty_case()]:
+            self.check(*case)
+
+    def test_a_directory_or_a_file_that_fails_to_read(self):
+        for path, reason in ((WORK, "Is a directory"), ("/proc/self/mem", "Input/output error")):
+            for mode in self.MODES:
+                result = symbolize("--no-lookup", *mode, path)
+                self.assertEqual(result.returncode, 2, result.stderr)
+                self.assertEqual(result.stderr, "uvstall-symbolize: cannot read %s: %s\n"
+                                 % (path, reason))
+                self.assertEqual(result.stdout, "")
 
 
 class SummaryAndFolded(unittest.TestCase):

@@ -44,7 +44,7 @@ def text(record, resolve, ends):
         head.append("loop %s" % json.dumps(obj["loop"], ensure_ascii=False))
     blocked = reports.blocked_ms(record)
     timing = "blocked %s" % (_ms(blocked) if blocked is not None else "? ms")
-    lasted = ends.get((obj.get("run_id"), obj.get("pid"), obj.get("stall_id")))
+    lasted = ends.get(reports.stall_key(obj))
     timing += ", lasted %s" % (_ms(lasted) if lasted is not None else "? (no stall_end)")
     head.append(timing)
     lines = ["  ".join(head)]

@@ -11,17 +11,14 @@ import tempfile
 import time
 from datetime import datetime, timezone
 
-from . import report_model, report_page, reports
-from .symbolize_cli import (EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, Diagnostics, Parser,
+from . import report_model, report_page
+from .symbolize_cli import (EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, MAX_BAD_WARNINGS, Diagnostics,
+                            Parser,
                             add_lookup_arguments, check_lookup_arguments, load_skip_list,
-                            make_resolver, open_inputs)
+                            make_resolver, read_inputs)
 
 PROG = "uvstall-report"
 DEFAULT_OUTPUT = "uvstall-report.html"
-
-# Bad lines named one by one on stderr; the rest are only counted (the page
-# lists the first report_model.MAX_BAD_EXAMPLES of them).
-MAX_BAD_WARNINGS = 10
 
 EPILOG = """\
 examples:
@@ -49,8 +46,9 @@ exit status:
 
 
 class _Diagnostics(Diagnostics):
-    """Names the first bad lines on stderr and counts the rest; keeps them
-    all for the page."""
+    """Names the first bad lines on stderr and counts the rest (the page
+    lists the first report_model.MAX_BAD_EXAMPLES of them); keeps them all
+    for the page."""
 
     def __init__(self):
         super().__init__(prog=PROG)
@@ -58,10 +56,7 @@ class _Diagnostics(Diagnostics):
 
     def bad_line(self, where, reason):
         self.bad.append((where, reason))
-        if len(self.bad) <= MAX_BAD_WARNINGS:
-            super().bad_line(where, reason)
-        else:
-            self.lossy = True
+        super().bad_line(where, reason)
 
 
 def parse_args(argv):
@@ -136,12 +131,7 @@ def main(argv=None, script_dir=None):
         return EXIT_USAGE
 
     diag = _Diagnostics()
-    records = []
-    names = []
-    frame_cache = {}
-    for name, stream in open_inputs(args.inputs, prog=PROG):
-        names.append(name)
-        records.extend(reports.read(stream, name, diag.bad_line, frame_cache))
+    names, records = read_inputs(args.inputs, diag, prog=PROG, frame_cache={})
     if len(diag.bad) > MAX_BAD_WARNINGS:
         diag.warn(None, "%d more bad lines skipped (all counted on the page)"
                   % (len(diag.bad) - MAX_BAD_WARNINGS))

@@ -88,19 +88,27 @@ def _number(value):
     if t is float:
         return value if math.isfinite(value) else None
     if t is int:
-        return float(value)
+        # Python's json reads integers of any size; a float has 1e308.
+        return float(value) if abs(value) < 1e308 else None
     return None
 
 
-def _clean(value):
+# Deeper values (no record of the library's has them) are shown as a note:
+# the page must not recurse as deep as a corrupt line can nest.
+MAX_DEPTH = 32
+
+
+def _clean(value, depth=0):
     """A JSON value the page can hold: Python's json reads NaN and Infinity,
     which JSON (and so the page) cannot; they become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, (dict, list)) and depth >= MAX_DEPTH:
+        return "(nested deeper than %d levels: not shown)" % MAX_DEPTH
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): _clean(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_clean(v) for v in value]
+        return [_clean(v, depth + 1) for v in value]
     return value
 
 

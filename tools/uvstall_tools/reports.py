@@ -12,6 +12,7 @@ here is only what symbolizing needs.
 """
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -171,6 +172,8 @@ def parse_line(where, text, frame_cache=None):
         obj = json.loads(text)
     except ValueError as e:
         raise BadLine("not JSON (%s)" % e) from None
+    except RecursionError:
+        raise BadLine("JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise BadLine("not a JSON object")
     record = Record(where=where, text=text, obj=obj)
@@ -202,13 +205,29 @@ def read(stream, name, on_bad, frame_cache=None):
             on_bad(where, str(e))
 
 
-def _stall_key(obj):
-    return (obj.get("run_id"), obj.get("pid"), obj.get("stall_id"))
+def _key_part(value):
+    """A field as part of a dict key: a list or an object (a corrupt
+    record) becomes its JSON text instead of failing to hash."""
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def stall_key(obj):
+    """(run_id, pid, stall_id): what ties a stall's records and its end."""
+    return (_key_part(obj.get("run_id")), _key_part(obj.get("pid")),
+            _key_part(obj.get("stall_id")))
 
 
 def _number(value):
+    """A finite number, else None (Python's json reads NaN and Infinity, and
+    integers too large for a float)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+        return number if math.isfinite(number) else None
     return None
 
 
@@ -219,7 +238,7 @@ def stall_durations(records):
         if r.type == "stall_end":
             ms = _number(r.obj.get("duration_ms"))
             if ms is not None:
-                ends[_stall_key(r.obj)] = ms
+                ends[stall_key(r.obj)] = ms
     return ends
 
 
@@ -230,7 +249,7 @@ def blocked_ms(record):
 def duration_ms(record, ends):
     """How long a stall lasted: its stall_end's duration_ms when there is
     one, else how long it had lasted when captured (blocked_ms), else 0."""
-    ms = ends.get(_stall_key(record.obj))
+    ms = ends.get(stall_key(record.obj))
     if ms is None:
         ms = blocked_ms(record)
     return ms if ms is not None else 0.0

@@ -48,13 +48,20 @@ exit status:
 """
 
 
+# Bad lines named one by one on stderr; the rest are only counted, so a
+# file of garbage gives a few lines of stderr, not one per line.
+MAX_BAD_WARNINGS = 10
+
+
 class Diagnostics:
-    """One-line warnings on stderr; remembers whether anything was lost."""
+    """One-line warnings on stderr; remembers whether anything was lost and
+    counts the bad lines (the first MAX_BAD_WARNINGS are named)."""
 
     def __init__(self, stream=None, prog=PROG):
         self.stream = stream or sys.stderr
         self.prog = prog
         self.lossy = False
+        self.bad_count = 0
 
     def warn(self, where, message, lossy=True):
         self.lossy = self.lossy or lossy
@@ -62,7 +69,19 @@ class Diagnostics:
         self.stream.write(prefix + message + "\n")
 
     def bad_line(self, where, reason):
-        self.warn(where, reason + "; line skipped")
+        self.bad_count += 1
+        if self.bad_count <= MAX_BAD_WARNINGS:
+            self.warn(where, reason + "; line skipped")
+        else:
+            self.lossy = True
+
+    def bad_lines_total(self):
+        """The one line that counts every skipped line (none if none was)."""
+        if self.bad_count:
+            self.warn(None, "%d bad line%s skipped%s" % (
+                self.bad_count, "" if self.bad_count == 1 else "s",
+                " (the first %d named above)" % MAX_BAD_WARNINGS
+                if self.bad_count > MAX_BAD_WARNINGS else ""))
 
 
 class Resolver:
@@ -251,6 +270,21 @@ def open_inputs(names, prog=PROG):
     return streams
 
 
+def read_inputs(inputs, diag, prog=PROG, frame_cache=None):
+    """(names, records) of every input, bad lines counted by diag. Exits
+    with EXIT_USAGE and one line when a file cannot be read to its end (a
+    read error, not a bad line: nothing is written then)."""
+    names, records = [], []
+    for name, stream in open_inputs(inputs, prog=prog):
+        names.append(name)
+        try:
+            records.extend(reports.read(stream, name, diag.bad_line, frame_cache))
+        except OSError as e:
+            sys.stderr.write("%s: cannot read %s: %s\n" % (prog, name, e.strerror or e))
+            sys.exit(EXIT_USAGE)
+    return names, records
+
+
 def main(argv=None, script_dir=None):
     # Die quietly like other filters when the reader goes away (| head).
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -262,9 +296,8 @@ def main(argv=None, script_dir=None):
         return status
 
     diag = Diagnostics()
-    records = []
-    for name, stream in open_inputs(args.inputs):
-        records.extend(reports.read(stream, name, diag.bad_line))
+    _, records = read_inputs(args.inputs, diag)
+    diag.bad_lines_total()
     stalls = [r for r in records if r.is_stall]
 
     resolver = make_resolver(args, diag)
