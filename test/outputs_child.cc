@@ -13,6 +13,9 @@
 //         enospc        output_path on a tiny tmpfs (private mount namespace)
 //                       that the host fills, then empties at 1.5 s
 //         callback      on_report blocks for seconds (max_queued_reports 1)
+//         metrics-fifo  (MODE stop) metrics_file is a FIFO, at configure,
+//                       or made one while the metrics thread runs: it must
+//                       never be replaced by the textfile's rename
 //   MODE  stop          stalls at 0.3 s and 0.9 s while the output fails, the
 //                       output recovers (where it can) at 1.5-2.4 s, a stall
 //                       at 2.6 s, then uvstall_stop, timed
@@ -315,6 +318,32 @@ int main(int argc, char **argv) {
   sigaddset(&pipe_set, SIGPIPE);
   sigprocmask(SIG_UNBLOCK, &pipe_set, nullptr);
 
+  if (g_case == "metrics-fifo") {
+    const std::string fifo = g.metrics_file + ".fifo";
+    mkfifo(fifo.c_str(), 0644);
+    uvstall_process_options_t p;
+    uvstall_process_options_init(&p);
+    p.metrics_file = fifo.c_str();
+    std::printf("configure_fifo_rc=%d\n", uvstall_configure(&p));
+    p.metrics_file = g.metrics_file.c_str();
+    if (uvstall_configure(&p) != 0) return 91;
+    uv_loop_init(&g.loop);
+    if (uvstall_start(&g.loop, nullptr, &g.w) != 0) return 90;
+    // The metrics thread, started with the first watch, writes the file
+    // every second, watches or not: stop the watch (time away from the
+    // loop would be a stall, and its signal cuts sleeps short).
+    uvstall_stop(g.w);
+    uv_run(&g.loop, UV_RUN_NOWAIT);
+    struct stat st;
+    for (int i = 0; i < 200 && stat(g.metrics_file.c_str(), &st) != 0; ++i) usleep(10000);
+    std::printf("written_first=%d\n", int(stat(g.metrics_file.c_str(), &st) == 0));
+    unlink(g.metrics_file.c_str());
+    mkfifo(g.metrics_file.c_str(), 0644);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // two more rounds
+    std::printf("still_fifo=%d\n",
+                int(stat(g.metrics_file.c_str(), &st) == 0 && S_ISFIFO(st.st_mode)));
+    return 0;
+  }
   if (g_case == "enospc") {
     std::string why;
     if (!mount_tiny_tmpfs(&why)) {

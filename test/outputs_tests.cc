@@ -343,4 +343,13 @@ TEST_SUITE("outputs") {
     check_run(stuck, 2, kStopStuckMs);
     check_exit(run("stderr", "exit", Err::stuck_pipe));
   }
+
+  TEST_CASE("metrics_file is never renamed over a pipe (nor, as root, over a device)") {
+    Result r = run("metrics-fifo", "stop", Err::file);
+    INFO("child said:\n" << r.out);
+    CHECK(r.status == 0);
+    CHECK(r.num("configure_fifo_rc") == UVSTALL_EMETRICSFILE);
+    CHECK(r.num("written_first") == 1);
+    CHECK(r.num("still_fifo") == 1);  // a FIFO made there later is left alone
+  }
 }

@@ -88,7 +88,7 @@ extern "C" {
   XX(EMETRICSINTERVAL, -24, "metrics_interval_ms must be 0 (off) or between 100 and 86400000") \
   XX(EMETRICSADDR, -25, "metrics_addr must be PORT, HOST:PORT or [IPV6]:PORT with a numeric address and a port between 1 and 65535") \
   XX(EMETRICSBIND, -26, "could not listen on metrics_addr (port in use, or not an address of this host)") \
-  XX(EMETRICSFILE, -27, "metrics_file must be a path in a writable directory (written by rename, so its directory needs write access)")
+  XX(EMETRICSFILE, -27, "metrics_file must be a path in a writable directory (written by rename, so its directory needs write access), not a device, pipe or directory")
 
 typedef enum {
 #define UVSTALL_ERRNO_ENUM_(name, value, msg) UVSTALL_##name = (value),
