@@ -34,6 +34,17 @@ int g_stderr_fd = -1;
 constexpr uint32_t kFullWaitMs = 500;
 constexpr long long kFullSliceMs = 50;
 
+// Opens output_path for appending without ever blocking in open(): a FIFO
+// without a reader fails at once (ENXIO: UVSTALL_EOUTPUT) instead of
+// hanging uvstall_start on the loop's thread. Writes then block as usual
+// (the Python relay's FIFO relies on that: a slow callback holds the
+// writer back rather than losing records).
+int open_output(const std::string &path) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0644);
+  if (fd >= 0) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  return fd;
+}
+
 struct Item {
   std::shared_ptr<Output> out;
   std::shared_ptr<DeliveryCounters> counters;
@@ -93,8 +104,7 @@ std::shared_ptr<Output> Output::open(const Config &cfg, int *err) {
   out->cb_arg_ = cfg.report_arg;
   if (cfg.has_output_path) {
     out->path_ = cfg.output_path;
-    out->fd_ = ::open(cfg.output_path.c_str(),
-                      O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    out->fd_ = open_output(cfg.output_path);
     if (out->fd_ < 0) {
       *err = UVSTALL_EOUTPUT;
       return nullptr;
@@ -118,7 +128,7 @@ void Output::reopen_if_rotated() {
   if (!gone && fstat(fd_, &by_fd) == 0 && by_path.st_ino == by_fd.st_ino &&
       by_path.st_dev == by_fd.st_dev)
     return;
-  int fd = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  int fd = open_output(path_);
   if (fd < 0) return;  // keep writing to the old file rather than lose records
   close(fd_);
   fd_ = fd;

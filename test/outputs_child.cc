@@ -13,13 +13,16 @@
 //         enospc        output_path on a tiny tmpfs (private mount namespace)
 //                       that the host fills, then empties at 1.5 s
 //         callback      on_report blocks for seconds (max_queued_reports 1)
+//         fifo          output_path is a FIFO: first without a reader (start
+//                       must fail at once), then with a reader that never
+//                       reads (a one-page pipe)
 //         metrics-fifo  (MODE stop) metrics_file is a FIFO, at configure,
 //                       or made one while the metrics thread runs: it must
 //                       never be replaced by the textfile's rename
 //   MODE  stop          stalls at 0.3 s and 0.9 s while the output fails, the
 //                       output recovers (where it can) at 1.5-2.4 s, a stall
 //                       at 2.6 s, then uvstall_stop, timed
-//         stop-stuck    the same until 1.5 s, nothing recovers, then
+//         stop-stuck    the same until 2 s, nothing recovers, then
 //                       uvstall_stop while the output still fails
 //         exit          a stall at 0.3 s, then exit(0) in the middle of a
 //                       second one, while the output still fails
@@ -282,8 +285,9 @@ void check_metrics() {
   std::printf("stalls=%llu ticks=%llu written=%llu dropped=%llu\n",
               (unsigned long long)st.stalls, (unsigned long long)st.ticks,
               (unsigned long long)st.reports_written, (unsigned long long)st.reports_dropped);
-  std::printf("lateness_p50_ms=%.3f lateness_p99_ms=%.3f lateness_max_ms=%.3f\n",
-              st.lateness_p50_ms, st.lateness_p99_ms, st.lateness_max_ms);
+  std::printf("lateness_p50_ms=%.3f lateness_p95_ms=%.3f lateness_p99_ms=%.3f "
+              "lateness_max_ms=%.3f\n",
+              st.lateness_p50_ms, st.lateness_p95_ms, st.lateness_p99_ms, st.lateness_max_ms);
   std::printf("metrics_dropped=%lld metrics_stalls=%lld metrics_written=%lld metrics_agree=%d\n",
               m_dropped, m_stalls, m_written, int(agree));
   uv_async_send(&g.done);
@@ -361,6 +365,25 @@ int main(int argc, char **argv) {
   if (g_case == "callback") p.max_queued_reports = 1;
   if (uvstall_configure(&p) != 0) return 91;
 
+  if (g_case == "fifo") {
+    const std::string fifo = g.metrics_file + ".fifo";
+    mkfifo(fifo.c_str(), 0644);
+    uv_loop_t scratch;
+    uv_loop_init(&scratch);
+    uvstall_options_t so;
+    uvstall_options_init(&so);
+    so.output_path = fifo.c_str();
+    uvstall_t *sw = nullptr;
+    const uint64_t t0 = uvt::now_ns();
+    const int src = uvstall_start(&scratch, &so, &sw);
+    std::printf("fifo_noreader_rc=%d fifo_noreader_ms=%.1f\n", src, double(ms_since(t0)));
+    if (src == 0) uvstall_stop(sw);
+    uv_run(&scratch, UV_RUN_NOWAIT);
+    uv_loop_close(&scratch);
+    const int reader = open(fifo.c_str(), O_RDONLY | O_NONBLOCK);  // never reads
+    fcntl(reader, F_SETPIPE_SZ, 4096);
+    g_tmpfs_file = fifo;  // the output path below
+  }
   g_probe_fires.reserve(8192);
   g_own_blocks.reserve(64);
   uv_loop_init(&g.loop);
@@ -369,7 +392,7 @@ int main(int argc, char **argv) {
   o.interval_ms = kProbeMs;
   o.loop_name = "outputs";
   if (g_case == "devfull-path") o.output_path = "/dev/full";
-  if (g_case == "enospc") o.output_path = g_tmpfs_file.c_str();
+  if (g_case == "enospc" || g_case == "fifo") o.output_path = g_tmpfs_file.c_str();
   if (g_case == "callback") {
     o.on_report = blocking_cb;
     g_block_ms = g_mode == "stop" ? 2000 : 4000;
@@ -402,7 +425,7 @@ int main(int argc, char **argv) {
       if (g_case == "enospc") at(1500, [] { unlink(g_filler.c_str()); });
       at(2600, [] { own_stall(kStallMs); });
     }
-    at(g_mode == "stop" ? 3200 : 1500, [] { g.checker = std::thread(check_metrics); });
+    at(g_mode == "stop" ? 3200 : 2000, [] { g.checker = std::thread(check_metrics); });
   }
   uv_run(&g.loop, UV_RUN_DEFAULT);
   if (g.checker.joinable()) g.checker.join();

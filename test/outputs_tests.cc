@@ -9,10 +9,11 @@
 // written before another, no SIGPIPE reaches the host, and uvstall_stop and
 // process exit stay within their bounds.
 //
-// Tolerances (noisy 2-core machine, load up to 8 while tests run): the
+// Tolerances (noisy 2-core machine, load up to 16 while tests run): the
 // host's 5 ms timer never waits kGapMs or more between two fires except
 // across its own stalls, and the p99 of the watch's tick lateness stays
-// under kP99Ms (an output that blocked the loop would block it for seconds
+// under kP99Ms (p95 when too few ticks make p99 one of the host's own
+// stall ticks; an output that blocked the loop would block it for seconds
 // here, and show as an extra stall; scheduling noise alone reached 62 ms);
 // our threads use under a quarter of one CPU (a writer spinning on EAGAIN
 // would use all of one); uvstall_stop takes under kStopFastMs when writes
@@ -22,11 +23,13 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -46,6 +49,7 @@ constexpr double kP99Ms = 50;
 constexpr double kStopFastMs = 400;
 constexpr double kStopStuckMs = 1600;
 constexpr double kExitMs = 700;
+constexpr int kChildLimitMs = 60000;
 
 std::string slurp(const std::string &path) {
   std::ifstream in(path, std::ios::binary);
@@ -119,18 +123,33 @@ Result run(const std::string &kase, const std::string &mode, Err err, int resume
   posix_spawn_file_actions_destroy(&fa);
   Result r;
   if (pipe_fds[1] >= 0) close(pipe_fds[1]);
-  auto drain = [&] {
+  // Nothing here may hang the suite: the child gets kChildLimitMs.
+  const uint64_t deadline = uvt::now_ns() + uint64_t(kChildLimitMs) * 1000000u;
+  auto left_ms = [&] { return int((int64_t(deadline) - int64_t(uvt::now_ns())) / 1000000); };
+  auto drain = [&] {  // until every writer is gone (EOF)
+    fcntl(pipe_fds[0], F_SETFL, O_NONBLOCK);
     char buf[65536];
-    ssize_t n;
-    while ((n = read(pipe_fds[0], buf, sizeof buf)) > 0) r.err.append(buf, size_t(n));
+    while (left_ms() > 0) {
+      pollfd p{pipe_fds[0], POLLIN, 0};
+      if (poll(&p, 1, std::min(left_ms(), 100)) <= 0) continue;
+      const ssize_t n = read(pipe_fds[0], buf, sizeof buf);
+      if (n == 0) break;
+      if (n > 0) r.err.append(buf, size_t(n));
+    }
   };
   if (pipe_fds[0] >= 0 && resume_ms >= 0) {
     usleep(useconds_t(resume_ms) * 1000);
-    drain();  // until the child (and our writer thread in it) are gone
+    drain();
   }
   int st = 0;
-  REQUIRE(waitpid(pid, &st, 0) == pid);
+  pid_t got;
+  while ((got = waitpid(pid, &st, WNOHANG)) == 0 && left_ms() > 0) usleep(1000);
   const uint64_t reaped = uvt::now_ns();
+  if (got == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+  }
+  CHECK_MESSAGE(got == pid, "the child hung: killed after " << kChildLimitMs << " ms");
   if (pipe_fds[0] >= 0) {
     drain();
     close(pipe_fds[0]);
@@ -206,8 +225,11 @@ void check_run(const Result &r, int stalls, double stop_bound_ms) {
   CHECK(r.num("metrics_dropped") == r.num("dropped"));
   CHECK(r.num("metrics_stalls") == stalls);
   CHECK(r.num("probe_max_gap_ms") < kGapMs);
-  CHECK(r.num("probe_fires") > r.num("run_ms") / 5 * 0.5);
-  CHECK(r.num("lateness_p99_ms") < kP99Ms);
+  CHECK(r.num("probe_fires") > r.num("run_ms") / kGapMs);
+  // The host's own stalls are one late tick each: p99 says something only
+  // with 100 ticks per stall (a loaded machine ticks less often), else p95.
+  if (r.num("ticks") >= 100 * (stalls + 1)) CHECK(r.num("lateness_p99_ms") < kP99Ms);
+  else CHECK(r.num("lateness_p95_ms") < kP99Ms);
   CHECK(r.num("background_cpu_ms") < r.num("run_ms") * 0.25);
   CHECK(r.num("stop_ms") < stop_bound_ms);
   CHECK(r.kv.at("sigpipe") == "default");
@@ -351,5 +373,15 @@ TEST_SUITE("outputs") {
     CHECK(r.num("configure_fifo_rc") == UVSTALL_EMETRICSFILE);
     CHECK(r.num("written_first") == 1);
     CHECK(r.num("still_fifo") == 1);  // a FIFO made there later is left alone
+  }
+
+  TEST_CASE("output_path is a FIFO: no reader fails at once, a stuck reader is bounded") {
+    Result r = run("fifo", "stop-stuck", Err::file);
+    CHECK(r.status == 0);
+    CHECK(r.num("fifo_noreader_rc") == UVSTALL_EOUTPUT);  // not a hang in uvstall_start
+    CHECK(r.num("fifo_noreader_ms") < 100);
+    // Writes block as to any blocking pipe (the Python relay relies on it).
+    check_run(r, 2, kStopStuckMs);
+    check_exit(run("fifo", "exit", Err::file));
   }
 }

@@ -69,7 +69,7 @@ extern "C" {
   XX(EMAXFRAMES, -5, "max_frames must be between 1 and 256") \
   XX(ECAPTURETIMEOUT, -6, "capture_timeout_ms must be between 1 and 10000") \
   XX(ELOOPNAME, -7, "loop_name must be at most 63 bytes") \
-  XX(EOUTPUT, -8, "output_path could not be opened for appending") \
+  XX(EOUTPUT, -8, "output_path could not be opened for appending (a FIFO needs a reader)") \
   XX(EALREADY, -9, "this loop is already watched by uvstall") \
   XX(ESIGNAL, -10, "signal must be 0 (default), SIGUSR1, SIGUSR2 or a real-time signal between SIGRTMIN and SIGRTMAX") \
   XX(ECONFIGURED, -11, "uvstall_configure must be called once, before the first uvstall_start") \
