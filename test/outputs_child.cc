@@ -104,6 +104,7 @@ void own_stall(int ms) {
 // ---- The cases' outputs ----
 
 std::string g_case, g_mode;
+std::string g_output_path;  // output_path, when the case has one
 
 // enospc: a tiny tmpfs, mounted in a mount namespace of our own so that an
 // unprivileged test can do it (and a root one leaves nothing behind).
@@ -156,7 +157,7 @@ bool mount_tiny_tmpfs(std::string *why) {
   }
   // The mount point stays behind in /tmp, empty: the test removes it.
   std::printf("tmpfs=%s tmpfs_dir=%s\n", how.c_str(), g_tmpfs_dir.c_str());
-  g_tmpfs_file = g_tmpfs_dir + "/stalls.jsonl";
+  g_tmpfs_file = g_output_path = g_tmpfs_dir + "/stalls.jsonl";
   g_filler = g_tmpfs_dir + "/filler";
   return true;
 }
@@ -357,6 +358,7 @@ int main(int argc, char **argv) {
     }
   }
   if (g_case == "stderr-nonblock") fcntl(2, F_SETFL, fcntl(2, F_GETFL) | O_NONBLOCK);
+  if (g_case == "devfull-path") g_output_path = "/dev/full";
 
   uvstall_process_options_t p;
   uvstall_process_options_init(&p);
@@ -382,7 +384,7 @@ int main(int argc, char **argv) {
     uv_loop_close(&scratch);
     const int reader = open(fifo.c_str(), O_RDONLY | O_NONBLOCK);  // never reads
     fcntl(reader, F_SETPIPE_SZ, 4096);
-    g_tmpfs_file = fifo;  // the output path below
+    g_output_path = fifo;
   }
   g_probe_fires.reserve(8192);
   g_own_blocks.reserve(64);
@@ -391,8 +393,7 @@ int main(int argc, char **argv) {
   uvstall_options_init(&o);
   o.interval_ms = kProbeMs;
   o.loop_name = "outputs";
-  if (g_case == "devfull-path") o.output_path = "/dev/full";
-  if (g_case == "enospc" || g_case == "fifo") o.output_path = g_tmpfs_file.c_str();
+  if (!g_output_path.empty()) o.output_path = g_output_path.c_str();
   if (g_case == "callback") {
     o.on_report = blocking_cb;
     g_block_ms = g_mode == "stop" ? 2000 : 4000;

@@ -236,7 +236,8 @@ void check_run(const Result &r, int stalls, double stop_bound_ms) {
   CHECK(r.num("sigpipe_blocked") == 0);
   CHECK(r.num("sigpipe_pending") == 0);
   MESSAGE("stop " << r.num("stop_ms") << " ms; probe max gap " << r.num("probe_max_gap_ms")
-                  << " ms; lateness p99 " << r.num("lateness_p99_ms") << " ms; our CPU "
+                  << " ms; ticks " << r.num("ticks") << ", lateness p95/p99 "
+                  << r.num("lateness_p95_ms") << "/" << r.num("lateness_p99_ms") << " ms; our CPU "
                   << r.num("background_cpu_ms") << " ms in " << r.num("run_ms")
                   << " ms; written " << r.num("written") << ", dropped " << r.num("dropped"));
 }
