@@ -3,6 +3,7 @@
 #pragma once
 
 #include <arpa/inet.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <uvstall/uvstall.h>
 
@@ -95,9 +96,14 @@ inline bool parse_metrics_addr(const char *text, std::string *host, uint16_t *po
   return true;
 }
 
-// The textfile is replaced by rename: its directory must take new files.
+// The textfile is replaced by rename: its directory must take new files,
+// and what is there now must be a regular file (or nothing). A rename over
+// /dev/full or /dev/null, as root, would replace the device for the whole
+// machine; over a pipe, it would cut off its reader.
 inline bool metrics_file_usable(const std::string &path) {
   if (path.empty() || path.back() == '/') return false;
+  struct stat st;
+  if (stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) return false;
   const size_t slash = path.rfind('/');
   const std::string dir =
       slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);

@@ -199,7 +199,9 @@ EnvSettings read_env(const EnvLookup &get) {
       e.process_set = true;
     } else if (text[0] != '\0') {
       e.warnings.push_back(warning("UVSTALL_METRICS_FILE", text,
-                                   "a path in a writable directory (%p is the pid)", "off"));
+                                   "a path in a writable directory, not a device or pipe "
+                                   "(%p is the pid)",
+                                   "off"));
     }
   }
 

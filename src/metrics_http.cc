@@ -15,6 +15,7 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -171,8 +172,12 @@ void on_connection(uv_stream_t *listener, int status) {
 }
 
 // The textfile: written to a temporary file in the same directory, then
-// renamed over the target, so a collector never reads half a file.
+// renamed over the target, so a collector never reads half a file. Never
+// over something that is not a regular file (checked at configure too; a
+// pipe or device may appear there later).
 void write_file(uv_timer_t *) {
+  struct stat st;
+  if (stat(g_server->file.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) return;
   const std::string text = prometheus_text(expose_all());
   const std::string tmp = g_server->file + ".tmp" + std::to_string(getpid());
   const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

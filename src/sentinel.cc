@@ -101,10 +101,11 @@ bool rate_allow(uint64_t now) {
 // ---- Records ----
 
 void emit(Watch *w, nlohmann::ordered_json record) {
-  // Announce the drops since the last record, and forget them only once
-  // this record is queued: an announcement that is itself dropped is
-  // carried by the next one. Likewise for suppressed stalls.
-  const uint64_t drops = w->counters->unannounced_drops.load();
+  // Announce the drops since the last record. An announcement that is
+  // itself dropped (queue full, output failed) is given back by the writer
+  // and carried by the next record. Suppressed stalls are forgotten once
+  // the record is queued.
+  const uint64_t drops = w->counters->unannounced_drops.exchange(0);
   note_drops(record, drops);
   const uint64_t suppressed = g_unannounced_suppressed.load();
   if (suppressed > 0) record["suppressed"] = suppressed;
@@ -112,14 +113,11 @@ void emit(Watch *w, nlohmann::ordered_json record) {
   try {
     line = record.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
   } catch (...) {
-    w->counters->dropped.fetch_add(1);
-    w->counters->unannounced_drops.fetch_add(1);
+    drop_unqueued(*w->counters, drops);
     return;
   }
-  if (writer_enqueue(w->out, w->counters, std::move(line))) {
-    w->counters->unannounced_drops.fetch_sub(drops);
+  if (writer_enqueue(w->out, w->counters, std::move(line), drops))
     g_unannounced_suppressed.fetch_sub(suppressed);
-  }
 }
 
 // Copies the slot's result and resolves its frames. Caller holds w->mu and
@@ -280,9 +278,10 @@ void emit_summary(const std::vector<std::shared_ptr<Watch>> &list, uint64_t now)
     if (std::find(done.begin(), done.end(), key) != done.end()) continue;
     done.push_back(key);
     nlohmann::ordered_json copy = r;
-    note_drops(copy, w->counters->unannounced_drops.exchange(0));
+    const uint64_t drops = w->counters->unannounced_drops.exchange(0);
+    note_drops(copy, drops);
     std::string line = copy.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
-    queued |= writer_enqueue(w->out, w->counters, std::move(line));
+    queued |= writer_enqueue(w->out, w->counters, std::move(line), drops);
   }
   if (queued) g_unannounced_suppressed.fetch_sub(announce);
   storm.by_fingerprint.clear();

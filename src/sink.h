@@ -2,6 +2,15 @@
 // the host's on_report callbacks and does every write. The sentinel only
 // ever enqueues (never blocks on output): when the queue is full, or an
 // output fails, the record is dropped and counted in the watch's counters.
+//
+// A record is written whole or counted as dropped. A record cut by a full
+// disk is removed from the end of a regular file; one cut in a pipe (a
+// non-blocking pipe that stayed full for kFullWaitMs = 500 ms) stays there
+// as one line that is not JSON, and the next record starts on a fresh line.
+// A full blocking descriptor (a stderr pipe whose reader stopped) blocks
+// the writer thread until it takes the record: records queue up, then drop
+// and are counted; uvstall_stop and exit wait for it only their bounded
+// times.
 #pragma once
 
 #include <atomic>
@@ -43,6 +52,7 @@ class Output {
  private:
   Output() = default;
   bool write_fd(const std::string &line);
+  bool cut_back(size_t n);
   void reopen_if_rotated();
 
   int fd_ = -1;            // -1: no file output
@@ -56,8 +66,13 @@ class Output {
 int writer_start(uint32_t max_queued);
 // Queues a line for `out`; counts a drop (and returns false) when the queue
 // is full. Never blocks for longer than a queue lock held only to push or pop.
-bool writer_enqueue(std::shared_ptr<Output> out,
-                    std::shared_ptr<DeliveryCounters> counters, std::string line);
+// `announced`: the drops the line's "dropped" field announces (taken from
+// unannounced_drops by the caller); if the line is lost they are given
+// back, so that the next record that gets through announces them.
+bool writer_enqueue(std::shared_ptr<Output> out, std::shared_ptr<DeliveryCounters> counters,
+                    std::string line, uint64_t announced);
+// Counts a record that could not even be queued (it failed to serialize).
+void drop_unqueued(DeliveryCounters &counters, uint64_t announced);
 // Waits up to `timeout_ms` for the queue to empty (process exit).
 void writer_drain(uint32_t timeout_ms);
 // Waits up to `timeout_ms` for every record queued for `out` to be

@@ -18,7 +18,7 @@
 
 #include <uvstall/uvstall.h>
 
-extern char **environ;
+#include "harness.h"
 
 namespace {
 
@@ -48,11 +48,8 @@ ChildResult run_child(const std::vector<std::string> &args) {
   posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT, 0644);
   std::vector<std::string> all = {exe};
   all.insert(all.end(), args.begin(), args.end());
-  std::vector<char *> argv;
-  for (auto &a : all) argv.push_back(const_cast<char *>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid;
-  REQUIRE(posix_spawn(&pid, exe, &fa, nullptr, argv.data(), environ) == 0);
+  const pid_t pid = uvt::spawn(all, &fa);
+  REQUIRE(pid > 0);
   posix_spawn_file_actions_destroy(&fa);
   int st = 0;
   REQUIRE(waitpid(pid, &st, 0) == pid);

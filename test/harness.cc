@@ -3,6 +3,8 @@
 
 #include <signal.h>
 
+extern char **environ;
+
 namespace uvt {
 
 std::atomic<uint64_t> g_culprit_end_ns{0};
@@ -118,6 +120,14 @@ WatchedLoop::~WatchedLoop() {
 void on_thread(const std::function<void()> &body) {
   std::thread t(body);
   t.join();
+}
+
+pid_t spawn(const std::vector<std::string> &args, const posix_spawn_file_actions_t *fa) {
+  std::vector<char *> argv;
+  for (const auto &a : args) argv.push_back(const_cast<char *>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid;
+  return posix_spawn(&pid, argv[0], fa, nullptr, argv.data(), environ) == 0 ? pid : -1;
 }
 
 }  // namespace uvt

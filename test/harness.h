@@ -4,6 +4,7 @@
 // never inlined so their names show up in the captured frames.
 #pragma once
 
+#include <spawn.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <uv.h>
@@ -101,6 +102,10 @@ class WatchedLoop {
 
 // Runs `body` on a new thread and joins it.
 void on_thread(const std::function<void()> &body);
+
+// Starts the program args[0] with these arguments, the file actions and our
+// environment. Returns its pid, or -1.
+pid_t spawn(const std::vector<std::string> &args, const posix_spawn_file_actions_t *fa);
 
 }  // namespace uvt
 

@@ -252,6 +252,11 @@ TEST_SUITE("config") {
     p.metrics_addr = nullptr;
     p.metrics_file = "/nonexistent-dir/x.prom";
     CHECK(resolve_process_options(&p, &pc) == UVSTALL_EMETRICSFILE);
+    // Never renamed over a device (as root that would replace it) or a directory.
+    for (const char *special : {"/dev/null", "/dev/full", "/tmp"}) {
+      p.metrics_file = special;
+      CHECK_MESSAGE(resolve_process_options(&p, &pc) == UVSTALL_EMETRICSFILE, special);
+    }
     p.metrics_file = "/tmp/uvstall.prom";
     CHECK(resolve_process_options(&p, &pc) == 0);
     CHECK(pc.metrics_file == "/tmp/uvstall.prom");

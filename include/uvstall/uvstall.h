@@ -69,7 +69,7 @@ extern "C" {
   XX(EMAXFRAMES, -5, "max_frames must be between 1 and 256") \
   XX(ECAPTURETIMEOUT, -6, "capture_timeout_ms must be between 1 and 10000") \
   XX(ELOOPNAME, -7, "loop_name must be at most 63 bytes") \
-  XX(EOUTPUT, -8, "output_path could not be opened for appending") \
+  XX(EOUTPUT, -8, "output_path could not be opened for appending (a FIFO needs a reader)") \
   XX(EALREADY, -9, "this loop is already watched by uvstall") \
   XX(ESIGNAL, -10, "signal must be 0 (default), SIGUSR1, SIGUSR2 or a real-time signal between SIGRTMIN and SIGRTMAX") \
   XX(ECONFIGURED, -11, "uvstall_configure must be called once, before the first uvstall_start") \
@@ -88,7 +88,7 @@ extern "C" {
   XX(EMETRICSINTERVAL, -24, "metrics_interval_ms must be 0 (off) or between 100 and 86400000") \
   XX(EMETRICSADDR, -25, "metrics_addr must be PORT, HOST:PORT or [IPV6]:PORT with a numeric address and a port between 1 and 65535") \
   XX(EMETRICSBIND, -26, "could not listen on metrics_addr (port in use, or not an address of this host)") \
-  XX(EMETRICSFILE, -27, "metrics_file must be a path in a writable directory (written by rename, so its directory needs write access)")
+  XX(EMETRICSFILE, -27, "metrics_file must be a path in a writable directory (written by rename, so its directory needs write access), not a device, pipe or directory")
 
 typedef enum {
 #define UVSTALL_ERRNO_ENUM_(name, value, msg) UVSTALL_##name = (value),
