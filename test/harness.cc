@@ -120,6 +120,15 @@ void on_thread(const std::function<void()> &body) {
   t.join();
 }
 
+uint64_t pure_spin_rounds(int ms) {
+  for (uint64_t rounds = 1u << 16;; rounds *= 2) {
+    const uint64_t t0 = now_ns();
+    uvstall_test_pure_spin(rounds);
+    const uint64_t took = now_ns() - t0;
+    if (took >= 20000000u) return uint64_t(double(rounds) * ms * 1e6 / double(took));
+  }
+}
+
 }  // namespace uvt
 
 namespace {
@@ -180,4 +189,15 @@ UVSTALL_TEST_CULPRIT void uvstall_test_masked_busy(int sig, int masked_ms, int t
   const uint64_t until2 = uvt::now_ns() + uint64_t(then_ms) * 1000000u;
   while (uvt::now_ns() < until2) spins = spins + 1;
   mark_end();
+}
+
+UVSTALL_TEST_CULPRIT uint64_t uvstall_test_pure_spin(uint64_t iterations) {
+  mark_start();
+  uint64_t x = iterations;
+  for (uint64_t i = 0; i < iterations; ++i) {
+    x = x * 6364136223846793005u + 1442695040888963407u;  // an LCG step
+    asm volatile("" : "+r"(x));  // keeps each step, in a register
+  }
+  mark_end();
+  return x;
 }
