@@ -132,8 +132,9 @@ class WatchedLoop {
 // Runs `body` on a new thread and joins it.
 void on_thread(const std::function<void()> &body);
 
-// About how many rounds of uvstall_test_pure_spin take `ms` on this machine
-// now (measured over 20 ms).
+// About how many rounds of uvstall_test_pure_spin take `ms` of CPU time
+// (the fastest of three runs of at least 20 ms): on a loaded machine the
+// spin takes longer than `ms`, not shorter.
 uint64_t pure_spin_rounds(int ms);
 
 }  // namespace uvt

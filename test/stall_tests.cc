@@ -148,7 +148,7 @@ TEST_SUITE("culprits") {
   }
 
   TEST_CASE("pure arithmetic, no call at all, is the innermost frame") {
-    const uint64_t rounds = uvt::pure_spin_rounds(400);
+    const uint64_t rounds = uvt::pure_spin_rounds(300);
     uvt::WatchedLoop wl;
     wl.after(50, [&] { uvstall_test_pure_spin(rounds); });
     wl.run();
@@ -163,7 +163,10 @@ TEST_SUITE("culprits") {
     // runs our handler, so no sample can end up "late".
     REQUIRE(truth >= 250);
     CHECK(stalls[0].arrived_ns < uvt::g_culprit_end_ns.load());
+    // The samples delivered while it spun (on a loaded machine the spin
+    // takes longer, and a sample asked for as it ends shows what came next).
     for (const auto &r : stalls) {
+      if (r.arrived_ns >= uvt::g_culprit_end_ns.load()) continue;
       check_capture(r.j, "uvstall_test_pure_spin", UnderTsan::kTimesOut);
       if (!uvt::kTsan) CHECK(uvt::frame_index(r.j, "uvstall_test_pure_spin") == 0);
     }
@@ -261,6 +264,7 @@ TEST_SUITE("detection") {
       for (const auto &r : results[i]) {
         if (r.j["type"] != "stall") continue;
         stalls.push_back(r);
+        INFO("stall record: " << r.j.dump());
         CHECK(r.j["loop"] == "stalls");
         CHECK(r.j["tid"] == stalled_tid.load());
         CHECK(uvt::frames_name(r.j, "uvstall_test_busy"));
