@@ -3,6 +3,8 @@
 
 #include <signal.h>
 
+#include <algorithm>
+
 extern char **environ;
 
 namespace uvt {
@@ -130,6 +132,26 @@ pid_t spawn(const std::vector<std::string> &args, const posix_spawn_file_actions
   return posix_spawn(&pid, argv[0], fa, nullptr, argv.data(), environ) == 0 ? pid : -1;
 }
 
+uint64_t pure_spin_rounds(int ms) {
+  // Timed in CPU time of this thread: a run the scheduler interrupts does
+  // not look slower, so on a loaded machine the spin can only come out
+  // longer than asked for, not shorter.
+  const auto cpu_ns = [] {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
+  };
+  const auto time_ns = [&](uint64_t rounds) {
+    const uint64_t t0 = cpu_ns();
+    uvstall_test_pure_spin(rounds);
+    return cpu_ns() - t0;
+  };
+  uint64_t rounds = 1u << 16, took = 0;
+  while ((took = time_ns(rounds)) < 20000000u) rounds *= 2;
+  for (int i = 0; i < 2; ++i) took = std::min(took, time_ns(rounds));
+  return uint64_t(double(rounds) * ms * 1e6 / double(took));
+}
+
 }  // namespace uvt
 
 namespace {
@@ -190,4 +212,15 @@ UVSTALL_TEST_CULPRIT void uvstall_test_masked_busy(int sig, int masked_ms, int t
   const uint64_t until2 = uvt::now_ns() + uint64_t(then_ms) * 1000000u;
   while (uvt::now_ns() < until2) spins = spins + 1;
   mark_end();
+}
+
+UVSTALL_TEST_CULPRIT uint64_t uvstall_test_pure_spin(uint64_t iterations) {
+  mark_start();
+  uint64_t x = iterations;
+  for (uint64_t i = 0; i < iterations; ++i) {
+    x = x * 6364136223846793005u + 1442695040888963407u;  // an LCG step
+    asm volatile("" : "+r"(x));  // keeps each step, in a register
+  }
+  mark_end();
+  return x;
 }

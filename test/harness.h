@@ -25,7 +25,37 @@
 
 #define UVSTALL_TEST_CULPRIT extern "C" __attribute__((noinline, visibility("default")))
 
+// ThreadSanitizer and the capture signal. TSan puts its own handler in front
+// of every handler the program installs, and runs ours either at once, when
+// the signal finds the thread inside a call TSan marks as blocking (sleep,
+// usleep, nanosleep, pause, epoll_wait, ...), or else later, with the context
+// saved at arrival, when the thread next passes one of TSan's interceptors
+// or atomic operations. So under TSan a loop thread that, while it stalls,
+// neither passes one nor sits in a "blocking" call runs our handler only
+// after the stall: every capture requested during the stall times out (the
+// stack TSan delivers afterwards answers the first request, which the next
+// sample has superseded, so it is ignored). That is the case for a wait in
+// a call GCC 12's libtsan does not intercept (clock_nanosleep) or intercepts
+// without the blocking mark (read, pthread_mutex_lock), and for a loop of
+// pure arithmetic. A busy loop that calls the clock (uvstall_test_busy) is
+// captured within microseconds. Under TSan only, tests of such culprits
+// expect that clean "timeout" (no stack, no crash, the stall and its
+// stall_end still reported on time) instead of a stack.
+#if defined(__SANITIZE_THREAD__)
+#define UVT_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UVT_TSAN 1
+#endif
+#endif
+#ifndef UVT_TSAN
+#define UVT_TSAN 0
+#endif
+
 namespace uvt {
+
+// Built with ThreadSanitizer (see above).
+constexpr bool kTsan = UVT_TSAN != 0;
 
 inline uint64_t now_ns() {
   timespec ts;
@@ -107,6 +137,11 @@ void on_thread(const std::function<void()> &body);
 // environment. Returns its pid, or -1.
 pid_t spawn(const std::vector<std::string> &args, const posix_spawn_file_actions_t *fa);
 
+// About how many rounds of uvstall_test_pure_spin take `ms` of CPU time
+// (the fastest of three runs of at least 20 ms): on a loaded machine the
+// spin takes longer than `ms`, not shorter.
+uint64_t pure_spin_rounds(int ms);
+
 }  // namespace uvt
 
 // Culprits: each blocks its thread for real.
@@ -115,3 +150,7 @@ UVSTALL_TEST_CULPRIT void uvstall_test_sleep(int ms);
 UVSTALL_TEST_CULPRIT void uvstall_test_pipe_read(int fd);
 UVSTALL_TEST_CULPRIT void uvstall_test_mutex_lock(std::mutex *m);
 UVSTALL_TEST_CULPRIT void uvstall_test_masked_busy(int sig, int masked_ms, int then_ms);
+// Spins `iterations` rounds of register-only arithmetic: no call, no memory
+// access, nothing a sanitizer instruments. Returns the result so the loop is
+// kept.
+UVSTALL_TEST_CULPRIT uint64_t uvstall_test_pure_spin(uint64_t iterations);
