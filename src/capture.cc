@@ -45,6 +45,7 @@
 #include <libunwind.h>
 
 #include "clock.h"
+#include "fork.h"
 
 namespace uvstall::internal {
 
@@ -311,6 +312,13 @@ int capture_request(int index, uint64_t gen) {
     return -errno;
   return 0;
 }
+
+// fork (src/fork.cc): the pool's lock is not held across fork; the table
+// and slots are copied consistent, and the child's inherited watches give
+// their slots back when stopped.
+void capture_fork_prepare() { g_pool->mu.lock(); }
+void capture_fork_parent() { g_pool->mu.unlock(); }
+void capture_fork_child() { g_pool->mu.unlock(); }
 
 uint64_t capture_stale_signals() { return g_stale.load(std::memory_order_relaxed); }
 
