@@ -364,10 +364,11 @@ enum ChildFailure {
   kInheritedStats = 1,    // get_stats of the forking thread's inherited watch
   kOtherStats = 2,        // get_stats of another thread's inherited watch
   kChildStart = 4,        // uvstall_start of a new watch in the child
-  kChildStall = 8,        // the child's stall, with its pid and tid, culprit named
+  kChildStall = 8,        // the child's stall, with its pid, tid and run_id, culprit named
   kChildEnd = 16,         // ... and its stall_end
   kInheritedStop = 32,    // uvstall_stop of the inherited watch
   kLoopClose = 64,        // uv_loop_close of the inherited loop after one run
+  kConfigure = 128,       // uvstall_configure: UVSTALL_ECONFIGURED (the parent's options stand)
 };
 
 struct ForkHost {
@@ -408,6 +409,9 @@ void child_checks(bool full) {
   st = uvstall_stats_t{};
   st.struct_size = sizeof st;
   if (uvstall_get_stats(g_fh.other->watch, &st) != 0 || st.ticks == 0) f |= kOtherStats;
+  uvstall_process_options_t p;
+  uvstall_process_options_init(&p);
+  if (uvstall_configure(&p) != UVSTALL_ECONFIGURED) f |= kConfigure;
   if (full) {
     const std::string path = g_fh.dir + "/child-" + std::to_string(getpid()) + ".jsonl";
     uv_loop_t loop;
@@ -430,9 +434,11 @@ void child_checks(bool full) {
       uv_run(&loop, UV_RUN_DEFAULT);
       uv_loop_close(&loop);
       bool stall = false, end = false;
+      const std::string parent_run = read_jsonl(g_fh.dir + "/parent.jsonl").at(0)["run_id"];
       for (const auto &j : read_jsonl(path)) {
         if (j["type"] == "stall" && j["pid"] == getpid() && j["tid"] == uvt::tid() &&
-            j["capture"] == "ok" && uvt::frames_name(j, "uvstall_test_busy"))
+            j["run_id"] != parent_run && j["capture"] == "ok" &&
+            uvt::frames_name(j, "uvstall_test_busy"))
           stall = true;
         if (j["type"] == "stall_end" && j["pid"] == getpid()) end = true;
       }

@@ -154,9 +154,10 @@ TEST_SUITE("hostile hosts") {
   TEST_CASE("fork 200 times while stalls are captured and written: consistent children") {
     // Thread S stalls 20 ms of every 30 ms (threshold 10 ms, a metrics record
     // every 100 ms); the main thread forks from a timer of its own watched
-    // loop every 7 ms. Each child: get_stats on both inherited watches; every
-    // 25th child also starts a watch on a new loop, stalls it 200 ms and
-    // finds its own report (its pid and tid, the culprit named) and
+    // loop every 7 ms. Each child: get_stats on both inherited watches,
+    // uvstall_configure refused (ECONFIGURED); every 25th child also starts
+    // a watch on a new loop, stalls it 200 ms and finds its own report (its
+    // pid, tid and a run_id of its own, the culprit named) and
     // stall_end; then it stops the inherited watch, runs its loop once,
     // closes it, and exits through exit(). Exit status 0: all passed.
     Run r = run_hostile({"fork", "200", "25"});
