@@ -597,6 +597,29 @@ int scenario_fork(int forks, int full_every) {
   return 0;
 }
 
+// The metrics endpoint stays the parent's: a child that outlives its
+// parent must not keep the port bound with nobody answering. The parent
+// serves metrics, forks a child that lives 3 s more, and exits at once.
+int scenario_fork_metrics(const char *port) {
+  const std::string addr = std::string("127.0.0.1:") + port;
+  uvstall_process_options_t p;
+  uvstall_process_options_init(&p);
+  p.metrics_addr = addr.c_str();
+  if (uvstall_configure(&p) != 0) fail("uvstall_configure");
+  uvt::WatchedLoop wl;
+  if (wl.start_rc != 0) fail(uvstall_strerror(wl.start_rc));
+  std::fflush(stdout);
+  const pid_t pid = fork();
+  if (pid < 0) fail("fork");
+  if (pid == 0) {
+    usleep(3000000);
+    _exit(0);
+  }
+  say("child_pid", pid);
+  std::fflush(stdout);
+  std::exit(0);
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -609,6 +632,7 @@ int main(int argc, char **argv) {
   if (scenario == "loader-own" && argc == 4) rc = scenario_loader_own(argv[2], argv[3]);
   if (scenario == "loader-other" && argc == 3) rc = scenario_loader_other(argv[2]);
   if (scenario == "fork" && argc == 4) rc = scenario_fork(std::atoi(argv[2]), std::atoi(argv[3]));
+  if (scenario == "fork-metrics" && argc == 3) rc = scenario_fork_metrics(argv[2]);
   std::fflush(stdout);
   return rc;
 }

@@ -3,6 +3,11 @@
 // these tests hold them to what a user of uvstall must be able to rely on.
 // Timing tolerances are stated where they are asserted (a noisy 2-core box).
 #include <doctest/doctest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <map>
@@ -54,6 +59,31 @@ Run run_hostile(const std::vector<std::string> &args) {
     if (eq != std::string::npos) r.kv[line.substr(0, eq)] = line.substr(eq + 1);
   }
   return r;
+}
+
+// A TCP port on 127.0.0.1 that nothing listens on now.
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  REQUIRE(bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0);
+  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len) == 0);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+// 0 when a connection to 127.0.0.1:port is accepted, else the errno.
+int connect_errno(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(uint16_t(port));
+  const int rc = connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0 ? 0 : errno;
+  close(fd);
+  return rc;
 }
 
 }  // namespace
@@ -174,5 +204,17 @@ TEST_SUITE("hostile hosts") {
     // A child that never started a watch has no sentinel to wait for at
     // exit (the exit handler used to wait 200 ms for one in every child).
     CHECK(r.num("quick_mean_ms") < 100);
+  }
+
+  TEST_CASE("a forked child that outlives its parent does not keep the metrics port") {
+    const int port = free_port();
+    Run r = run_hostile({"fork-metrics", std::to_string(port)});
+    INFO(r.out << r.err);
+    REQUIRE(r.status == 0);
+    const pid_t child = pid_t(r.num("child_pid"));
+    // The parent has exited; its child sleeps 3 s more.
+    REQUIRE_MESSAGE(kill(child, 0) == 0, "the forked child must still be running");
+    CHECK(connect_errno(port) == ECONNREFUSED);
+    kill(child, SIGKILL);
   }
 }
