@@ -10,6 +10,7 @@
 #include <link.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -271,6 +272,40 @@ int scenario_loader_own(const char *busy_plugin, const char *sleep_plugin) {
 
 std::atomic<uint64_t> g_lock_from{0}, g_lock_until{0};
 
+// libuvstall's code, to tell whether a host handler runs inside ours.
+uintptr_t g_lib_lo = 0, g_lib_hi = 0;
+int find_lib(struct dl_phdr_info *info, size_t, void *) {
+  if (info->dlpi_name == nullptr || std::strstr(info->dlpi_name, "libuvstall.so") == nullptr)
+    return 0;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    if (info->dlpi_phdr[i].p_type != PT_LOAD) continue;
+    const uintptr_t lo = info->dlpi_addr + info->dlpi_phdr[i].p_vaddr;
+    const uintptr_t hi = lo + info->dlpi_phdr[i].p_memsz;
+    if (g_lib_lo == 0 || lo < g_lib_lo) g_lib_lo = lo;
+    if (hi > g_lib_hi) g_lib_hi = hi;
+  }
+  return 1;
+}
+
+// A host timer aimed at the loop thread (SIGALRM every 5 ms): counts its
+// calls, and those that run inside uvstall's handler (a frame in
+// libuvstall's code on its stack).
+std::atomic<uint64_t> g_nested{0};
+void on_alrm_nested(int, siginfo_t *, void *) {
+  const int saved = errno;
+  g_alrm.fetch_add(1, std::memory_order_relaxed);
+  void *pcs[64];
+  const int n = backtrace(pcs, 64);
+  for (int i = 1; i < n; ++i) {
+    const uintptr_t pc = uintptr_t(pcs[i]);
+    if (pc >= g_lib_lo && pc < g_lib_hi) {
+      g_nested.fetch_add(1, std::memory_order_relaxed);
+      break;
+    }
+  }
+  errno = saved;
+}
+
 int phdr_hold(struct dl_phdr_info *, size_t, void *arg) {
   g_lock_from = uvt::now_ns();
   hostile_sleep(*static_cast<int *>(arg));
@@ -304,15 +339,36 @@ int scenario_loader_other(const char *plugin) {
     int ms = 1000;
     dl_iterate_phdr(phdr_hold, &ms);
   });
-  // This thread: stalls 1500 ms in the cold plugin code from 550 ms on.
+  // This thread: stalls 1500 ms in the cold plugin code from 550 ms on,
+  // with the host's 5 ms timer aimed at it.
   uvt::WatchedLoop wl;
   if (wl.start_rc != 0) fail(uvstall_strerror(wl.start_rc));
+  dl_iterate_phdr(find_lib, nullptr);
+  if (g_lib_hi == 0) fail("libuvstall.so not found among the loaded objects");
+  void *warm[4];
+  backtrace(warm, 4);  // loads libgcc_s now, not under thread B's lock
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_alrm_nested;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigaction(SIGALRM, &sa, nullptr);
+  static timer_t host_timer;
+  sigevent sev{};
+  sev.sigev_notify = SIGEV_THREAD_ID;
+  sev.sigev_signo = SIGALRM;
+  sev._sigev_un._tid = uvt::tid();
+  if (timer_create(CLOCK_MONOTONIC, &sev, &host_timer) != 0) fail("timer_create");
   static uint64_t stall_from = 0;
   wl.after(550, [] {
     stall_from = uvt::now_ns();
+    const itimerspec every5{{0, 5000000}, {0, 5000000}}, off{};
+    timer_settime(host_timer, 0, &every5, nullptr);
     plugin_busy(1500);
+    timer_settime(host_timer, 0, &off, nullptr);
   });
   wl.run();
+  say("alrm_in_stall", g_alrm.load());
+  say("alrm_nested", g_nested.load());
   wl.stop();
   b.join();
   c.join();
