@@ -23,8 +23,9 @@
 //   - runs with every asynchronous signal blocked (sa_mask; faults stay
 //     unblocked), so no host handler runs inside it: a profiler's SIGPROF
 //     handler never re-enters libunwind mid-unwind, and an alarm handler
-//     that siglongjmps cannot leave it half-way (perhaps holding the
-//     loader lock); those signals run when it returns;
+//     that siglongjmps cannot leave it half-way (libunwind itself blocks
+//     every signal around its dl_iterate_phdr call); those signals run
+//     when it returns;
 //   - hands any signal the sentinel did not send (wrong si_code, pid or
 //     cookie) to the handler installed before ours, with the mask that
 //     handler would have had without us; a stale one of ours
