@@ -8,6 +8,7 @@
 #include <set>
 
 #include "clock.h"
+#include "fork.h"
 #include "handle.h"
 #include "private_api.h"
 
@@ -37,6 +38,16 @@ int attach_claim(uv_loop_t *loop, pid_t tid) {
   return 0;
 }
 
+void registry_fork_prepare() { g_reg->mu.lock(); }
+void registry_fork_parent() { g_reg->mu.unlock(); }
+// The child's threads are new: claims by thread are the parent's. Loops stay
+// claimed until their inherited watch is stopped.
+void registry_fork_child() {
+  g_reg->uv_watches.clear();
+  g_reg->external_threads.clear();
+  g_reg->mu.unlock();
+}
+
 void attach_release(uv_loop_t *loop, pid_t tid) {
   std::lock_guard<std::mutex> lock(g_reg->mu);
   if (loop == nullptr) {
@@ -54,9 +65,13 @@ extern "C" int uvstall_stop(uvstall_t *h) {
   using namespace uvstall::internal;
   if (h == nullptr) return UVSTALL_EINVAL;
   Watch *w = h->watch.get();
-  if (pid_t(syscall(SYS_gettid)) != w->who.tid) return UVSTALL_EWRONGTHREAD;
+  // A watch inherited by a forked child may be stopped from any thread of
+  // the child: the thread that started it does not exist there.
+  if (!w->inherited && pid_t(syscall(SYS_gettid)) != w->who.tid) return UVSTALL_EWRONGTHREAD;
   watch_stop(w);
-  attach_release(h->external ? nullptr : w->loop, w->who.tid);
+  // An inherited watch's claim by thread was dropped at fork (tid 0 is no
+  // thread: a thread of the child that reuses the parent's tid keeps its own).
+  attach_release(h->external ? nullptr : w->loop, w->inherited ? 0 : w->who.tid);
   if (h->external) {
     delete h;
   } else {

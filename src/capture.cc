@@ -7,7 +7,7 @@
 //   - writes only the preallocated CaptureSlot of its own thread, found
 //     through a fixed table, after checking the request generation and tid;
 //   - calls only: getpid/gettid (syscalls), clock_gettime (vDSO),
-//     sem_post, sigaction and tgkill
+//     sem_post, sigprocmask (only when chaining), sigaction and tgkill
 //     (only when chaining to a default action), and libunwind's
 //     unw_init_local2 / unw_get_reg / unw_step for the local address space;
 //   - never calls malloc, stdio, dladdr, unw_get_proc_name, C++ exceptions,
@@ -18,9 +18,17 @@
 //     recursive loader lock. The thread is warmed at start
 //     (capture_warm_thread) so its cache and thread-local storage exist;
 //     a thread stopped inside dlopen re-enters that lock recursively, which
-//     does not deadlock;
+//     does not deadlock; while another thread holds it, the handler waits
+//     for that thread (the sentinel reports a timeout and goes on);
+//   - runs with every asynchronous signal blocked (sa_mask; faults stay
+//     unblocked), so no host handler runs inside it: a profiler's SIGPROF
+//     handler never re-enters libunwind mid-unwind, and an alarm handler
+//     that siglongjmps cannot leave it half-way (libunwind itself blocks
+//     every signal around its dl_iterate_phdr call); those signals run
+//     when it returns;
 //   - hands any signal the sentinel did not send (wrong si_code, pid or
-//     cookie) to the handler installed before ours; a stale one of ours
+//     cookie) to the handler installed before ours, with the mask that
+//     handler would have had without us; a stale one of ours
 //     (its watch has gone) is ignored, never chained, because the previous
 //     action for a real-time signal is usually "terminate".
 //
@@ -45,6 +53,7 @@
 #include <libunwind.h>
 
 #include "clock.h"
+#include "fork.h"
 
 namespace uvstall::internal {
 
@@ -83,6 +92,19 @@ std::atomic<uint64_t> g_next_gen{0};
 
 // [handler] Passes a signal that is not ours to whoever had it before us.
 void chain(int sig, siginfo_t *info, void *uc) {
+  const bool handler = (g_prev.sa_flags & SA_SIGINFO)
+                           ? g_prev.sa_sigaction != nullptr
+                           : g_prev.sa_handler != SIG_IGN && g_prev.sa_handler != SIG_DFL;
+  if (handler && uc != nullptr) {
+    // Ours blocks every asynchronous signal; theirs gets the mask it would
+    // have had: the interrupted code's, its own sa_mask, and the signal
+    // itself unless SA_NODEFER. (The kernel restores the interrupted
+    // code's mask when our handler returns.)
+    sigset_t mask = static_cast<ucontext_t *>(uc)->uc_sigmask;
+    sigorset(&mask, &mask, &g_prev.sa_mask);
+    if (!(g_prev.sa_flags & SA_NODEFER)) sigaddset(&mask, sig);
+    sigprocmask(SIG_SETMASK, &mask, nullptr);
+  }
   if (g_prev.sa_flags & SA_SIGINFO) {
     if (g_prev.sa_sigaction != nullptr) g_prev.sa_sigaction(sig, info, uc);
     return;
@@ -227,7 +249,11 @@ int capture_init(int sig, sem_t *wake) {
   std::memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = on_signal;
   sa.sa_flags = SA_SIGINFO | SA_RESTART;
-  sigemptyset(&sa.sa_mask);
+  // Asynchronous signals wait until the handler returns (see the contract);
+  // faults do not, so a crash inside it still reaches the host's handler.
+  sigfillset(&sa.sa_mask);
+  for (int fault : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS})
+    sigdelset(&sa.sa_mask, fault);
   if (sigaction(sig, &sa, &g_prev) != 0) return UVSTALL_ESIGACTION;
   return 0;
 }
@@ -311,6 +337,13 @@ int capture_request(int index, uint64_t gen) {
     return -errno;
   return 0;
 }
+
+// fork (src/fork.cc): the pool's lock is not held across fork; the table
+// and slots are copied consistent, and the child's inherited watches give
+// their slots back when stopped.
+void capture_fork_prepare() { g_pool->mu.lock(); }
+void capture_fork_parent() { g_pool->mu.unlock(); }
+void capture_fork_child() { g_pool->mu.unlock(); }
 
 uint64_t capture_stale_signals() { return g_stale.load(std::memory_order_relaxed); }
 

@@ -27,9 +27,11 @@ LoopCounters read_counters(Watch *w, bool histograms) {
   {
     // libuv guards the idle time with a mutex of its own so that other
     // threads may read it; w->mu keeps the loop from being stopped (and
-    // perhaps freed) meanwhile.
+    // perhaps freed) meanwhile. Not for a watch inherited by a forked child:
+    // the loop's thread may have held that mutex when the parent forked.
     std::lock_guard<std::mutex> lock(w->mu);
-    if (w->loop != nullptr && !w->stopped) c.idle_ns = uv_metrics_idle_time(w->loop);
+    if (w->loop != nullptr && !w->stopped && !w->inherited)
+      c.idle_ns = uv_metrics_idle_time(w->loop);
   }
   c.at_ns = mono_ns();
   return c;

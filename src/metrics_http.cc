@@ -23,6 +23,7 @@
 #include <cstring>
 #include <string>
 
+#include "fork.h"
 #include "metrics.h"
 #include "threads.h"
 
@@ -51,6 +52,7 @@ struct Server {
   uv_timer_t file_timer;
   std::string file;
   int active = 0;
+  bool listening = false;  // listener is open (set before the thread starts)
 };
 Server *g_server = nullptr;  // never destroyed: the thread runs until exit
 
@@ -196,6 +198,21 @@ void server_main() { run_loop(&g_server->loop); }
 
 }  // namespace
 
+// fork (src/fork.cc): the endpoint stays the parent's. The child closes its
+// copies of the listening socket and the loop's epoll descriptor (a child
+// that outlives its parent must not keep the port bound with nobody
+// answering), and serves nothing. Only fields set before the server thread
+// started are read: the child's copy of the loop may be mid-update.
+void metrics_server_fork_child() {
+  if (g_server == nullptr) return;
+  if (g_server->listening) {
+    uv_os_fd_t fd;
+    if (uv_fileno(reinterpret_cast<uv_handle_t *>(&g_server->listener), &fd) == 0) close(fd);
+  }
+  close(uv_backend_fd(&g_server->loop));
+  g_server = nullptr;
+}
+
 int metrics_server_start(const ProcessConfig &p) {
   if (p.metrics_host.empty() && p.metrics_file.empty()) return 0;
   auto *s = new (std::nothrow) Server;
@@ -224,6 +241,7 @@ int metrics_server_start(const ProcessConfig &p) {
       delete s;
       return UVSTALL_EMETRICSBIND;
     }
+    s->listening = true;
   }
   g_server = s;
   if (!p.metrics_file.empty()) {

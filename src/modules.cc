@@ -16,6 +16,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "fork.h"
+
 
 namespace uvstall::internal {
 
@@ -234,6 +236,11 @@ void carry_over(std::vector<std::shared_ptr<Module>> &fresh,
 }
 
 }  // namespace
+
+// fork (src/fork.cc): the table's lock is not held across fork.
+void modules_fork_prepare() { modules().mu_.lock(); }
+void modules_fork_parent() { modules().mu_.unlock(); }
+void modules_fork_child() { modules().mu_.unlock(); }
 
 void ModuleTable::refresh_from_loader() {
   std::vector<std::shared_ptr<Module>> fresh;

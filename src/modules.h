@@ -53,6 +53,9 @@ class ModuleTable {
   void refresh_from_maps_locked();
   void load_symbols_locked(Module *m);
 
+  friend void modules_fork_prepare();
+  friend void modules_fork_parent();
+  friend void modules_fork_child();
   std::mutex mu_;
   std::vector<std::shared_ptr<Module>> modules_;
   // Pages a maps refresh found in no module (JIT code, anonymous memory):

@@ -10,6 +10,7 @@
 #include <mutex>
 
 #include "clock.h"
+#include "fork.h"
 
 namespace uvstall::internal {
 
@@ -29,21 +30,34 @@ double ms_from_ns(uint64_t ns) {
   return double((ns + 500) / 1000) / 1000.0;
 }
 
-const std::string &run_id() {
-  static std::once_flag once;
-  static std::string *id = nullptr;  // never destroyed: used during exit
-  std::call_once(once, [] {
-    unsigned char bytes[8] = {};
-    if (getrandom(bytes, sizeof bytes, 0) != ssize_t(sizeof bytes)) {
-      uint64_t t = mono_ns() ^ (uint64_t(getpid()) << 32);
-      for (auto &b : bytes) {
-        b = static_cast<unsigned char>(t);
-        t >>= 8;
-      }
+namespace {
+
+std::once_flag g_run_id_once;
+std::string *g_run_id = nullptr;  // never destroyed: used during exit
+
+std::string *new_run_id() {
+  unsigned char bytes[8] = {};
+  if (getrandom(bytes, sizeof bytes, 0) != ssize_t(sizeof bytes)) {
+    uint64_t t = mono_ns() ^ (uint64_t(getpid()) << 32);
+    for (auto &b : bytes) {
+      b = static_cast<unsigned char>(t);
+      t >>= 8;
     }
-    id = new std::string(to_hex(bytes, sizeof bytes));
-  });
-  return *id;
+  }
+  return new std::string(to_hex(bytes, sizeof bytes));
+}
+
+}  // namespace
+
+const std::string &run_id() {
+  std::call_once(g_run_id_once, [] { g_run_id = new_run_id(); });
+  return *g_run_id;
+}
+
+// fork (src/fork.cc): a forked child is another process, with a run_id of
+// its own (the parent's string is left alone: a record may be using it).
+void run_id_fork_child() {
+  if (g_run_id != nullptr) g_run_id = new_run_id();
 }
 
 nlohmann::ordered_json record_base(const char *type, uint64_t wall_ns, const LoopIdentity *who) {

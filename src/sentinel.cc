@@ -23,6 +23,7 @@
 #include "capture.h"
 #include "clock.h"
 #include "fingerprint.h"
+#include "fork.h"
 #include "metrics.h"
 #include "metrics_http.h"
 #include "modules.h"
@@ -45,6 +46,11 @@ struct Process {
   uint64_t next_loop_number = 1;
   bool exiting = false;                          // atexit ran
   bool exit_finalized = false;
+  // Once per process image: a forked child keeps its parent's handler and
+  // exit handler (src/fork.cc), but starts its own threads.
+  bool capture_installed = false;
+  bool atexit_registered = false;
+  pid_t threads_pid = 0;                         // the process our threads run in
 };
 Process *g_proc = new Process;
 sem_t g_wake;
@@ -601,6 +607,8 @@ void sentinel_main() {
 void at_exit() {
   {
     std::lock_guard<std::mutex> lock(g_proc->mu);
+    // A forked child that never started: no sentinel or writer to wait for.
+    if (g_proc->threads_pid != getpid()) return;
     g_proc->exiting = true;
   }
   g_exiting.store(true);
@@ -626,18 +634,73 @@ int process_start_locked() {
     if (rc != 0) return g_proc->start_err = rc;
   }
   run_id();
-  sem_init(&g_wake, 0, 0);
-  int rc = capture_init(g_proc->pcfg.signal, &g_wake);
+  int rc = 0;
+  if (!g_proc->capture_installed) {
+    sem_init(&g_wake, 0, 0);
+    rc = capture_init(g_proc->pcfg.signal, &g_wake);
+    g_proc->capture_installed = rc == 0;
+  }
   if (rc == 0) rc = writer_start(g_proc->pcfg.max_queued_reports);
   if (rc == 0 && !start_quiet_thread(sentinel_main)) rc = UVSTALL_ETHREAD;
+  if (rc == 0) g_proc->threads_pid = getpid();
   if (rc == 0) rc = metrics_server_start(g_proc->pcfg);
-  if (rc == 0) std::atexit(at_exit);
+  if (rc == 0 && !g_proc->atexit_registered) {
+    std::atexit(at_exit);
+    g_proc->atexit_registered = true;
+  }
   return g_proc->start_err = rc;
 }
 
 }  // namespace
 
 void sentinel_wake() { sem_post(&g_wake); }
+
+// ---- fork (src/fork.cc) ----
+
+// Takes the process lock, then each watch's locks: no thread of ours or of
+// the host is inside them when the address space is copied.
+void process_fork_prepare() {
+  g_proc->mu.lock();
+  for (auto &w : g_proc->watches) {
+    w->stats_mu.lock();
+    w->mu.lock();
+  }
+}
+
+void process_fork_parent() {
+  for (auto it = g_proc->watches.rbegin(); it != g_proc->watches.rend(); ++it) {
+    (*it)->mu.unlock();
+    (*it)->stats_mu.unlock();
+  }
+  g_proc->mu.unlock();
+}
+
+// The child has no sentinel: the parent's watches become inherited (never
+// signalled or reported here), and a start in the child starts threads of
+// its own. The capture handler stays installed; the options stay the
+// parent's; the metrics endpoint and file stay the parent's alone.
+void process_fork_child() {
+  for (auto it = g_proc->watches.rbegin(); it != g_proc->watches.rend(); ++it) {
+    (*it)->inherited = true;
+    (*it)->mu.unlock();
+    (*it)->stats_mu.unlock();
+  }
+  g_proc->watches.clear();
+  if (g_proc->started && g_proc->start_err == 0) {
+    g_proc->started = false;
+    g_proc->configured = true;
+    g_proc->pcfg.metrics_host.clear();
+    g_proc->pcfg.metrics_file.clear();
+  }
+  g_proc->exiting = false;
+  g_proc->exit_finalized = false;
+  // The sentinel's own state may have been half-updated by the parent's
+  // sentinel: the child's sentinel starts from fresh copies.
+  sem_init(&g_wake, 0, 0);
+  g_storm = new Storm;
+  g_unannounced_suppressed.store(0);
+  g_proc->mu.unlock();
+}
 
 int watch_create(const uvstall_options_t *opts, uv_loop_t *loop,
                  std::shared_ptr<Watch> *out) {
@@ -717,6 +780,12 @@ void watch_stop(Watch *w) {
     w->async = nullptr;
     registered = w->registered;
     if (w->slot >= 0) capture_release(w->slot);
+  }
+  if (w->inherited) {
+    // A forked child's copy of a parent's watch: no sentinel of this
+    // process knows it, and its queued records are the parent's.
+    w->out->closed.store(true);
+    return;
   }
   if (registered) {
     sentinel_wake();

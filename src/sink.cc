@@ -17,6 +17,7 @@
 #include <mutex>
 #include <thread>
 
+#include "fork.h"
 #include "threads.h"
 
 namespace uvstall::internal {
@@ -69,9 +70,11 @@ struct Queue {
   size_t cap = kDefaultMaxQueuedReports;
   bool busy = false;                // writer is delivering an item
 };
+// Set by the first writer_start; replaced in a forked child (writer_fork_child).
 Queue *g_queue = nullptr;
-std::once_flag g_writer_once;
-int g_writer_err = 0;
+// Whether this process has a writer thread. Only writer_start (called under
+// the process lock, src/sentinel.cc) and the fork handlers touch it.
+bool g_writer_running = false;
 
 void writer_main() {
   Queue &q = *g_queue;
@@ -244,12 +247,35 @@ bool Output::deliver(const std::string &line) {
 }
 
 int writer_start(uint32_t max_queued) {
-  std::call_once(g_writer_once, [max_queued] {
+  if (g_writer_running) return 0;
+  if (g_queue == nullptr) {
     g_queue = new Queue;
     g_queue->cap = max_queued;
-    if (!start_quiet_thread(writer_main)) g_writer_err = UVSTALL_ETHREAD;
-  });
-  return g_writer_err;
+  }
+  if (!start_quiet_thread(writer_main)) return UVSTALL_ETHREAD;
+  g_writer_running = true;
+  return 0;
+}
+
+// fork (src/fork.cc). The queue's lock is not held across fork. The child
+// has no writer: it gets an empty queue of its own (the records queued in
+// the parent are the parent's to write; the old queue's condition variables
+// may count waiters that do not exist in the child, so it is left alone,
+// never freed), and its first start starts a writer.
+void writer_fork_prepare() {
+  if (g_queue != nullptr) g_queue->mu.lock();
+}
+
+void writer_fork_parent() {
+  if (g_queue != nullptr) g_queue->mu.unlock();
+}
+
+void writer_fork_child() {
+  if (g_queue == nullptr) return;
+  auto *fresh = new Queue;
+  fresh->cap = g_queue->cap;
+  g_queue = fresh;
+  g_writer_running = false;
 }
 
 bool writer_enqueue(std::shared_ptr<Output> out, std::shared_ptr<DeliveryCounters> counters,

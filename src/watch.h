@@ -142,6 +142,11 @@ struct Watch {
   // Set by the sentinel once a stopped watch's last records are queued.
   std::atomic<bool> finalized{false};
 
+  // True in a forked child for the watches of its parent (src/fork.cc):
+  // written only by the child's atfork handler, before the child has any
+  // other thread; no sentinel knows them there, stop does not wait for one.
+  bool inherited = false;
+
   SentinelState s;
 };
 

@@ -3,9 +3,6 @@
 // host's own handlers for our signal.
 #include <doctest/doctest.h>
 #include <signal.h>
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -39,24 +36,12 @@ std::string slurp(const std::string &path) {
 ChildResult run_child(const std::vector<std::string> &args) {
   const char *exe = std::getenv("UVSTALL_TEST_CHILD");
   REQUIRE_MESSAGE(exe != nullptr, "UVSTALL_TEST_CHILD must name uvstall-test-child");
-  char dir_tmpl[] = "/tmp/uvstall-child-XXXXXX";
-  const std::string dir = mkdtemp(dir_tmpl);
-  const std::string out_path = dir + "/out", err_path = dir + "/err";
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT, 0644);
-  std::vector<std::string> all = {exe};
-  all.insert(all.end(), args.begin(), args.end());
-  const pid_t pid = uvt::spawn(all, &fa);
-  REQUIRE(pid > 0);
-  posix_spawn_file_actions_destroy(&fa);
-  int st = 0;
-  REQUIRE(waitpid(pid, &st, 0) == pid);
+  const uvt::Spawned sp = uvt::spawn_and_wait(exe, args);
+  REQUIRE_MESSAGE(sp.ran, "could not run " << exe);
   ChildResult r;
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  r.out = slurp(out_path);
-  std::istringstream err(slurp(err_path));
+  r.status = sp.status;
+  r.out = sp.out;
+  std::istringstream err(sp.err);
   std::string line;
   while (std::getline(err, line)) {
     auto j = nlohmann::json::parse(line, nullptr, false);

@@ -1,9 +1,14 @@
 // Test harness (see harness.h).
 #include "harness.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 
 #include <algorithm>
+#include <fstream>
+#include <sstream>
 
 extern char **environ;
 
@@ -150,6 +155,32 @@ uint64_t pure_spin_rounds(int ms) {
   while ((took = time_ns(rounds)) < 20000000u) rounds *= 2;
   for (int i = 0; i < 2; ++i) took = std::min(took, time_ns(rounds));
   return uint64_t(double(rounds) * ms * 1e6 / double(took));
+}
+
+Spawned spawn_and_wait(const std::string &exe, const std::vector<std::string> &args) {
+  Spawned r;
+  char dir_tmpl[] = "/tmp/uvstall-child-XXXXXX";
+  if (mkdtemp(dir_tmpl) == nullptr) return r;
+  const std::string dir = dir_tmpl;
+  const std::string out_path = dir + "/out", err_path = dir + "/err";
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT, 0644);
+  std::vector<std::string> all = {exe};
+  all.insert(all.end(), args.begin(), args.end());
+  const pid_t pid = spawn(all, &fa);
+  posix_spawn_file_actions_destroy(&fa);
+  int st = 0;
+  if (pid < 0 || waitpid(pid, &st, 0) != pid) return r;
+  r.ran = true;
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  std::stringstream o, e;
+  o << std::ifstream(out_path).rdbuf();
+  e << std::ifstream(err_path).rdbuf();
+  r.out = o.str();
+  r.err = e.str();
+  return r;
 }
 
 }  // namespace uvt

@@ -142,6 +142,14 @@ pid_t spawn(const std::vector<std::string> &args, const posix_spawn_file_actions
 // spin takes longer than `ms`, not shorter.
 uint64_t pure_spin_rounds(int ms);
 
+// A program run to its end with its standard output and error captured.
+struct Spawned {
+  bool ran = false;   // false: it could not be started
+  int status = -1;    // exit status, or 128 + signal
+  std::string out, err;
+};
+Spawned spawn_and_wait(const std::string &exe, const std::vector<std::string> &args);
+
 }  // namespace uvt
 
 // Culprits: each blocks its thread for real.

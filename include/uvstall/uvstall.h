@@ -36,6 +36,15 @@
  *     the kernel never restarts (nanosleep, usleep, sleep, poll with a
  *     timeout): the capture signal interrupts them. Calls that SA_RESTART
  *     restarts (read, write, recv, futex waits) are not affected.
+ *   - fork(): the child has no sentinel until it calls uvstall_start (or
+ *     uvstall_start_external), which starts one for the child: its stalls
+ *     are reported with the child's pid and run_id. Watches that existed at
+ *     the fork are inherited: never signalled or reported in the child;
+ *     uvstall_get_stats (utilization -1) and uvstall_stop work on them,
+ *     uvstall_stop from any thread of the child. The capture signal and
+ *     process options stay the parent's (uvstall_configure returns
+ *     UVSTALL_ECONFIGURED in the child of a started parent), and so do the
+ *     metrics endpoint and file: the child serves none.
  */
 #ifndef UVSTALL_UVSTALL_H
 #define UVSTALL_UVSTALL_H
