@@ -581,8 +581,10 @@ void sentinel_main() {
                  ws.end());
       }
       if (exiting) g_proc->exit_finalized = true;
+      // Our references go before a stop waiting for this pass returns: a
+      // stopped watch is freed with its handle, not at our next pass.
+      list.clear();
     }
-    list.clear();
     // The wait: until the earliest deadline, or a post (new watch, stop,
     // a stack ready, a loop alive again, exit).
     if (next <= now) continue;
@@ -690,9 +692,10 @@ void sentinel_add(const std::shared_ptr<Watch> &w) {
     auto base = std::make_shared<LoopCounters>();
     base->at_ns = now.at_ns;
     base->idle_ns = now.idle_ns;
-    // Zero counts: empty vectors, not 2 x 26 KiB of zeros per watch.
-    base->lag.counts = {};
-    base->delay.counts = {};
+    // Zero counts: empty vectors, not 2 x 26 KiB of zeros per watch (a
+    // new vector: "= {}" would keep the capacity, and the memory).
+    base->lag.counts = std::vector<uint64_t>();
+    base->delay.counts = std::vector<uint64_t>();
     std::lock_guard<std::mutex> lock(w->stats_mu);
     w->stats_base = std::move(base);
   }
@@ -723,9 +726,13 @@ void watch_stop(Watch *w) {
   }
   if (registered) {
     sentinel_wake();
-    // The sentinel finalizes in one pass (it never blocks on the loop).
+    // The sentinel finalizes in one pass (it never blocks on the loop): a
+    // wake-up round trip, some 20 us. Short naps first, longer ones if it
+    // is busy; no lock (a forked child has no sentinel to release one).
     const uint64_t until = mono_ns() + kStopWaitMs * kNsPerMs;
-    while (!w->finalized.load() && mono_ns() < until) usleep(200);
+    for (useconds_t nap = 10; !w->finalized.load() && mono_ns() < until;
+         nap = std::min<useconds_t>(nap * 2, 1000))
+      usleep(nap);
   }
   writer_flush_and_close(w->out.get(), kStopWaitMs);
 }
