@@ -3,83 +3,33 @@
 // host's own handlers for our signal.
 #include <doctest/doctest.h>
 #include <signal.h>
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
-#include <uvstall/uvstall.h>
-
-extern char **environ;
+#include "harness.h"
 
 namespace {
 
-struct ChildResult {
-  int status = -1;  // exit status, or 128 + signal
-  std::string out;
-  std::vector<nlohmann::json> records;  // JSON lines of stderr
-  std::vector<std::string> other_err;   // non-JSON stderr lines
-};
-
-std::string slurp(const std::string &path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using uvt::ChildResult;
+using uvt::slurp;
 
 ChildResult run_child(const std::vector<std::string> &args) {
   const char *exe = std::getenv("UVSTALL_TEST_CHILD");
   REQUIRE_MESSAGE(exe != nullptr, "UVSTALL_TEST_CHILD must name uvstall-test-child");
-  char dir_tmpl[] = "/tmp/uvstall-child-XXXXXX";
-  const std::string dir = mkdtemp(dir_tmpl);
-  const std::string out_path = dir + "/out", err_path = dir + "/err";
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT, 0644);
-  std::vector<std::string> all = {exe};
-  all.insert(all.end(), args.begin(), args.end());
-  std::vector<char *> argv;
-  for (auto &a : all) argv.push_back(const_cast<char *>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid;
-  REQUIRE(posix_spawn(&pid, exe, &fa, nullptr, argv.data(), environ) == 0);
-  posix_spawn_file_actions_destroy(&fa);
-  int st = 0;
-  REQUIRE(waitpid(pid, &st, 0) == pid);
-  ChildResult r;
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  r.out = slurp(out_path);
-  std::istringstream err(slurp(err_path));
-  std::string line;
-  while (std::getline(err, line)) {
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded()) r.other_err.push_back(line);
-    else r.records.push_back(j);
-  }
+  ChildResult r = uvt::run_child(exe, args);
+  REQUIRE_MESSAGE(r.status >= 0, r.out);
   return r;
 }
 
 std::vector<nlohmann::json> of_type(const ChildResult &r, const std::string &type) {
-  std::vector<nlohmann::json> v;
-  for (const auto &j : r.records)
-    if (j["type"] == type) v.push_back(j);
-  return v;
+  return uvt::of_type(r.records, type);
 }
 
 bool names(const nlohmann::json &stall, const std::string &sym) {
-  for (const auto &f : stall["frames"])
-    if (f["symbol"].is_string() && f["symbol"] == sym) return true;
-  return false;
+  return uvt::frames_name(stall, sym);
 }
 
 }  // namespace

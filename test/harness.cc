@@ -1,7 +1,20 @@
 // Test harness (see harness.h).
 #include "harness.h"
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+extern char **environ;
+// The sanitizer allocator's own count (malloc is not glibc's under ASan).
+extern "C" size_t __sanitizer_get_current_allocated_bytes() __attribute__((weak));
 
 namespace uvt {
 
@@ -118,6 +131,83 @@ WatchedLoop::~WatchedLoop() {
 void on_thread(const std::function<void()> &body) {
   std::thread t(body);
   t.join();
+}
+
+size_t open_fds() {
+  size_t n = 0;
+  DIR *d = opendir("/proc/self/fd");
+  while (readdir(d) != nullptr) ++n;
+  closedir(d);
+  return n;
+}
+
+size_t heap_in_use() {
+  if (__sanitizer_get_current_allocated_bytes != nullptr)
+    return __sanitizer_get_current_allocated_bytes();
+  const struct mallinfo2 m = mallinfo2();  // all arenas
+  return m.uordblks + m.hblkhd;
+}
+
+size_t rss_bytes() {
+  unsigned long size = 0, resident = 0;
+  FILE *f = std::fopen("/proc/self/statm", "r");
+  if (f == nullptr) return 0;
+  if (std::fscanf(f, "%lu %lu", &size, &resident) != 2) resident = 0;
+  std::fclose(f);
+  return resident * size_t(sysconf(_SC_PAGESIZE));
+}
+
+std::string slurp(const std::string &path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+ChildResult run_child(const char *exe, const std::vector<std::string> &args) {
+  ChildResult r;
+  char dir_tmpl[] = "/tmp/uvstall-child-XXXXXX";
+  if (mkdtemp(dir_tmpl) == nullptr) return r;
+  const std::string dir = dir_tmpl;
+  const std::string out_path = dir + "/out", err_path = dir + "/err";
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT, 0644);
+  std::vector<std::string> all = {exe};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char *> argv;
+  for (auto &a : all) argv.push_back(const_cast<char *>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid;
+  const int spawned = posix_spawn(&pid, exe, &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  int st = 0;
+  if (spawned != 0 || waitpid(pid, &st, 0) != pid) {
+    r.out = std::string("could not run ") + exe;
+    return r;
+  }
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  r.out = slurp(out_path);
+  std::istringstream err(slurp(err_path));
+  std::string line;
+  while (std::getline(err, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded()) r.other_err.push_back(line);
+    else r.records.push_back(j);
+  }
+  unlink(out_path.c_str());
+  unlink(err_path.c_str());
+  rmdir(dir.c_str());
+  return r;
+}
+
+std::vector<nlohmann::json> of_type(const std::vector<nlohmann::json> &records,
+                                    const std::string &type) {
+  std::vector<nlohmann::json> v;
+  for (const auto &j : records)
+    if (j["type"] == type) v.push_back(j);
+  return v;
 }
 
 }  // namespace uvt

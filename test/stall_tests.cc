@@ -94,14 +94,6 @@ void run_pipe_read_stall(uvt::WatchedLoop &wl) {
   close(fds[1]);
 }
 
-size_t open_fds() {
-  size_t n = 0;
-  DIR *d = opendir("/proc/self/fd");
-  while (readdir(d) != nullptr) ++n;
-  closedir(d);
-  return n;
-}
-
 std::string temp_dir() {
   char tmpl[] = "/tmp/uvstall-test-XXXXXX";
   return mkdtemp(tmpl);
@@ -283,7 +275,7 @@ TEST_SUITE("lifecycle") {
   }
 
   TEST_CASE("start and stop 1000 times: no leaks, the loop still closes") {
-    const size_t fds_before = open_fds();
+    const size_t fds_before = uvt::open_fds();
     uv_loop_t loop;
     uv_loop_init(&loop);
     uvt::Collector col;
@@ -300,8 +292,8 @@ TEST_SUITE("lifecycle") {
     CHECK(failures == 0);
     CHECK(uv_loop_close(&loop) == 0);
     // A watch's /proc files close when the sentinel has forgotten it.
-    for (int i = 0; i < 100 && open_fds() != fds_before; ++i) usleep(10000);
-    CHECK(open_fds() == fds_before);
+    for (int i = 0; i < 100 && uvt::open_fds() != fds_before; ++i) usleep(10000);
+    CHECK(uvt::open_fds() == fds_before);
     CHECK(col.wait_count("start", 1000, 5000));
   }
 
