@@ -5,6 +5,8 @@ docs/report.schema.json (validated with Debian's python3-jsonschema).
 Usage: schema_test.py SCHEMA CHILD_EXE [DEMO_EXE]
 Runs the test host's scenarios (stderr output, exit mid-stall, a replaced
 handler, a late capture...) and the demo, and validates every JSON line.
+With $UVSTALL_TEST_STRESS_CHILD set, also that host's loop threads that end
+without uvstall_stop ("thread_exit" records) and a stall that never ends.
 """
 import json
 import os
@@ -38,6 +40,10 @@ def main():
     for scenario in ["stderr", "exit-mid-stall", "exit-after-stall", "handler-replaced",
                      "chain", "sigusr2", "metrics"]:
         runs[scenario] = records_of([child, scenario])
+    stress = os.environ.get("UVSTALL_TEST_STRESS_CHILD")
+    if stress:
+        for scenario in ["thread-exit", "stuck-exit"]:
+            runs[scenario] = records_of([stress, scenario])
     if demo:
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "demo.jsonl")
@@ -64,7 +70,7 @@ def main():
                 print(f"FAIL {name}: {errors[0].message} in {json.dumps(r)[:300]}")
     # The runs must have exercised every record type and the main captures,
     # or this test proves little.
-    for t in ["start", "stall", "stall_end", "metrics"]:
+    for t in ["start", "stall", "stall_end", "metrics"] + (["thread_exit"] if stress else []):
         if t not in seen_types:
             print(f"FAIL: no {t} record in any run")
             failures += 1
