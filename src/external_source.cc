@@ -28,6 +28,7 @@ extern "C" int uvstall_start_external(const uvstall_options_t *opts, uvstall_t *
   h->watch = w;
   h->external = true;
   sentinel_add(w);
+  attach_started(h);
   *out = h;
   return 0;
 }

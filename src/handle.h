@@ -7,6 +7,7 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include <atomic>
 #include <memory>
 
 #include "watch.h"
@@ -14,6 +15,9 @@
 struct uvstall_s {
   std::shared_ptr<uvstall::internal::Watch> watch;
   bool external = false;  // heartbeat from uvstall_beat, no handles of ours
+  // Stopped by its thread's exit (no uvstall_stop): the handle stays in the
+  // loop, and uvstall_stop refuses it (UVSTALL_EWRONGTHREAD).
+  std::atomic<bool> thread_ended{false};
   // libuv source only:
   uv_timer_t timer;
   uv_async_t async;
@@ -25,7 +29,12 @@ namespace uvstall::internal {
 // Claims `loop` (null for an external heartbeat) on thread `tid`. Returns 0
 // or UVSTALL_EALREADY.
 int attach_claim(uv_loop_t *loop, pid_t tid);
-void attach_release(uv_loop_t *loop, pid_t tid);
+// `h` is started on the calling thread: if the thread ends before
+// uvstall_stop (pthread_exit or a return from its function, not exit()),
+// its exit stops the watch and gives back the claim (see src/api.cc).
+void attach_started(uvstall_t *h);
+// Gives the claim back (and forgets `h`, if given, for the thread's exit).
+void attach_release(uv_loop_t *loop, pid_t tid, uvstall_t *h = nullptr);
 
 // Source-specific halves of uvstall_stop, on the watch's thread.
 void uv_source_stop(uvstall_t *h);

@@ -171,6 +171,13 @@ nlohmann::ordered_json stall_end_record(const LoopIdentity &who, uint64_t wall_n
   return r;
 }
 
+nlohmann::ordered_json thread_exit_record(const LoopIdentity &who, uint64_t wall_ns,
+                                          const char *detected_by) {
+  nlohmann::ordered_json r = record_base("thread_exit", wall_ns, &who);
+  r["detected_by"] = detected_by;
+  return r;
+}
+
 void note_drops(nlohmann::ordered_json &record, uint64_t n) {
   if (n > 0) record["dropped"] = n;
 }

@@ -64,6 +64,11 @@ nlohmann::ordered_json stall_end_record(const LoopIdentity &who, uint64_t wall_n
                                 uint64_t stall_id, uint64_t duration_ns,
                                 const char *ended_by);
 
+// The loop's thread ended without uvstall_stop; `detected_by` is
+// "exit_hook" (the thread's own exit) or "sentinel" (found later, gone).
+nlohmann::ordered_json thread_exit_record(const LoopIdentity &who, uint64_t wall_ns,
+                                          const char *detected_by);
+
 // Adds "dropped": n when n > 0 (records of this watch lost since the last).
 void note_drops(nlohmann::ordered_json &record, uint64_t n);
 

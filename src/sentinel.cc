@@ -296,10 +296,32 @@ void emit_summary(const std::vector<std::shared_ptr<Watch>> &list, uint64_t now)
 
 // ---- The state machine of one watch; returns when to look again. ----
 
+// The loop's thread has ended without running its exit hook (src/api.cc),
+// e.g. it left with a raw exit system call: the sentinel stops the watch
+// itself, and never touches its loop (whose memory may have gone with the
+// thread), its async handle or its capture slot again. Caller holds no lock.
+void stop_vanished(Watch *w, uint64_t now) {
+  std::lock_guard<std::mutex> lock(w->mu);
+  if (w->stopped) return;
+  w->stopped = true;
+  w->thread_exited = true;
+  w->exit_seen_by_sentinel = true;
+  w->stop_ns = now;
+  w->async = nullptr;
+  if (w->slot >= 0) capture_release(w->slot);
+}
+
 // Asks the loop thread for its stack (a new generation). Returns "" or why
 // it could not. Caller holds no lock.
 std::string request_capture(Watch *w) {
   w->s.gen = capture_next_gen();
+  // Never signal a TID whose thread has ended: another thread of the
+  // process may have it now. The probe's files stay bound to the thread
+  // they were opened for, so they tell.
+  if (w->probe != nullptr && w->probe->read().gone) {
+    stop_vanished(w, mono_ns());
+    return "the loop thread has exited";
+  }
   std::lock_guard<std::mutex> lock(w->mu);
   if (w->stopped) return "the watch was stopped";
   if (!capture_handler_installed())
@@ -339,6 +361,12 @@ uint64_t begin_stall(Watch *w, uint64_t now) {
   SentinelState &st = w->s;
   st = SentinelState{};
   st.first = w->probe != nullptr ? w->probe->read() : ThreadSample{};
+  if (st.first.gone) {
+    // Not a stall: the thread is gone (the next pass finishes the watch).
+    w->pending_stall.exchange(0, std::memory_order_seq_cst);
+    stop_vanished(w, now);
+    return now;
+  }
   if (idle_in_own_poll(w, st.first)) {
     // Not a stall: the loop waits for I/O in its own epoll_wait, and only
     // its timer is late — after a callback that ran a while (but less than
@@ -441,18 +469,35 @@ void take_sample(Watch *w, uint64_t now, bool ended, uint64_t end_ns, bool stopp
   }
 }
 
+// A stopped watch's last pass: says so when its thread ended without
+// uvstall_stop, and closes its /proc files (the watch itself may live on
+// in a loop that is never closed).
+void finish(Watch *w) {
+  bool thread_exited, by_sentinel;
+  {
+    std::lock_guard<std::mutex> lock(w->mu);
+    thread_exited = w->thread_exited;
+    by_sentinel = w->exit_seen_by_sentinel;
+  }
+  if (thread_exited)
+    emit(w, thread_exit_record(w->who, wall_ns(), by_sentinel ? "sentinel" : "exit_hook"));
+  w->probe.reset();
+  w->s.finished = true;
+}
+
 uint64_t step(Watch *w, uint64_t now, bool exiting) {
   SentinelState &st = w->s;
-  bool stopped;
+  bool stopped, thread_exited;
   uint64_t stop_ns;
   {
     std::lock_guard<std::mutex> lock(w->mu);
     stopped = w->stopped;
     stop_ns = w->stop_ns;
+    thread_exited = w->thread_exited;
   }
   if (st.phase == SentinelState::kIdle) {
     if (stopped) {
-      st.finished = true;
+      finish(w);
       return now + kForeverNs;
     }
     if (exiting) return now + kForeverNs;
@@ -498,7 +543,7 @@ uint64_t step(Watch *w, uint64_t now, bool exiting) {
   if (ended) {
     emit_end(w, end_ns, "loop");
   } else if (stopped) {
-    emit_end(w, stop_ns, "stop");
+    emit_end(w, stop_ns, thread_exited ? "thread_exit" : "stop");
   } else if (exiting) {
     emit_end(w, now, "exit");
   } else {
@@ -525,7 +570,7 @@ uint64_t step(Watch *w, uint64_t now, bool exiting) {
     if (!st.aborting) next = std::min(next, abort_at);
     return next;  // or woken by the end, a late stack or a stop
   }
-  if (stopped) st.finished = true;
+  if (stopped) finish(w);
   return now;
 }
 
@@ -586,8 +631,10 @@ void sentinel_main() {
                  ws.end());
       }
       if (exiting) g_proc->exit_finalized = true;
+      // Our references go before a stop waiting for this pass returns: a
+      // stopped watch is freed with its handle, not at our next pass.
+      list.clear();
     }
-    list.clear();
     // The wait: until the earliest deadline, or a post (new watch, stop,
     // a stack ready, a loop alive again, exit).
     if (next <= now) continue;
@@ -768,14 +815,16 @@ void sentinel_add(const std::shared_ptr<Watch> &w) {
   sentinel_wake();
 }
 
-void watch_stop(Watch *w) {
+void watch_stop(Watch *w, bool thread_exit) {
   // Not a sign of life: a stall in progress is ended by the stop itself
   // ("ended_by":"stop"), e.g. when the blocking code calls uvstall_stop.
   const uint64_t now = mono_ns();
   bool registered;
   {
     std::lock_guard<std::mutex> lock(w->mu);
+    if (w->stopped) return;  // stopped already (its thread vanished)
     w->stopped = true;
+    w->thread_exited = thread_exit;
     w->stop_ns = now;
     w->async = nullptr;
     registered = w->registered;
@@ -789,11 +838,19 @@ void watch_stop(Watch *w) {
   }
   if (registered) {
     sentinel_wake();
-    // The sentinel finalizes in one pass (it never blocks on the loop).
+    // The sentinel finalizes in one pass (it never blocks on the loop): a
+    // wake-up round trip, some 20 us. Short naps first, longer ones if it
+    // is busy; no lock (a forked child has no sentinel to release one).
     const uint64_t until = mono_ns() + kStopWaitMs * kNsPerMs;
-    while (!w->finalized.load() && mono_ns() < until) usleep(200);
+    for (useconds_t nap = 10; !w->finalized.load() && mono_ns() < until;
+         nap = std::min<useconds_t>(nap * 2, 1000))
+      usleep(nap);
   }
+  const bool finalized = w->finalized.load();
   writer_flush_and_close(w->out.get(), kStopWaitMs);
+  // A watch whose thread ended is never freed (its handles stay in the
+  // loop): let its output (a file descriptor) go, once the sentinel is done.
+  if (thread_exit && finalized) w->out.reset();
 }
 
 std::vector<std::shared_ptr<Watch>> watches_now() {

@@ -5,6 +5,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -21,10 +22,11 @@ int open_task_file(pid_t tid, const char *name) {
   return open(path, O_RDONLY | O_CLOEXEC);
 }
 
-std::string pread_text(int fd) {
+std::string pread_text(int fd, bool *gone = nullptr) {
   if (fd < 0) return {};
   char buf[1024];
   ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+  if (n < 0 && errno == ESRCH && gone != nullptr) *gone = true;
   if (n <= 0) return {};
   return std::string(buf, size_t(n));
 }
@@ -47,7 +49,8 @@ ThreadSample ThreadProbe::read() const {
   s.at_ns = mono_ns();
   // The syscall first: it is what the thread is doing right now.
   const bool a = parse_syscall(pread_text(syscall_fd_), &s);
-  const bool b = parse_stat(pread_text(stat_fd_), &s);
+  const bool b = parse_stat(pread_text(stat_fd_, &s.gone), &s);
+  if (b && (s.state == 'Z' || s.state == 'X')) s.gone = true;
   const bool c = parse_schedstat(pread_text(schedstat_fd_), &s);
   s.ok = b && c;
   (void)a;

@@ -13,6 +13,10 @@ namespace uvstall::internal {
 // One reading of the thread.
 struct ThreadSample {
   bool ok = false;          // false: the files could not be read
+  // The thread has ended: its files, opened while it ran, say ESRCH (they
+  // stay bound to that thread, never to a later one that reuses its TID),
+  // or it is a zombie (an ended main thread).
+  bool gone = false;
   uint64_t at_ns = 0;       // CLOCK_MONOTONIC when read
   char state = '?';         // R running, S sleeping, D disk wait, T stopped...
   long syscall_nr = -2;     // -1: not in a syscall (running), -2: unknown

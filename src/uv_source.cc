@@ -78,6 +78,7 @@ extern "C" int uvstall_start(uv_loop_t *loop, const uvstall_options_t *opts,
     w->async = &h->async;
   }
   sentinel_add(w);
+  attach_started(h);
   *out = h;
   return 0;
 }

@@ -137,6 +137,12 @@ struct Watch {
   bool registered = false;        // sentinel_add ran
   bool stopped = false;
   uint64_t stop_ns = 0;
+  // Stopped because the loop's thread ended without uvstall_stop: by its
+  // exit hook (src/api.cc), or by the sentinel when the thread vanished
+  // without running it. Its loop, async handle and capture slot are never
+  // touched again; a "thread_exit" record says so.
+  bool thread_exited = false;
+  bool exit_seen_by_sentinel = false;
   uv_async_t *async = nullptr;    // wakes the loop at detection; null if none
 
   // Set by the sentinel once a stopped watch's last records are queued.
@@ -207,8 +213,11 @@ void sentinel_add(const std::shared_ptr<Watch> &w);
 // capture slot and the async wake are released. Waits (bounded) for the
 // sentinel to queue the watch's last records and for the writer to deliver
 // them, so on_report is not called after this returns (a callback still
-// running after the bounded wait excepted).
-void watch_stop(Watch *w);
+// running after the bounded wait excepted). `thread_exit`: called by the
+// thread's exit hook, the thread ends without uvstall_stop (the stall ends
+// "ended_by":"thread_exit", a "thread_exit" record follows, the output is
+// released). A second stop does nothing.
+void watch_stop(Watch *w, bool thread_exit = false);
 // The watches being watched now (for the metrics endpoint and file).
 std::vector<std::shared_ptr<Watch>> watches_now();
 

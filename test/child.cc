@@ -11,7 +11,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <set>
 #include <string>
 
 #include "harness.h"
@@ -198,61 +197,6 @@ int main(int argc, char **argv) {
     h.after(50, [](uv_timer_t *) { uvstall_test_busy(200); });
     h.finish();
     usleep(200000);
-    return 0;
-  }
-  if (scenario == "storm") {
-    // 1000 identical short stalls under a limit of 10 reported stalls a
-    // minute; a summary every second.
-    uvstall_process_options_t p;
-    uvstall_process_options_init(&p);
-    p.max_stalls_per_minute = 10;
-    p.summary_interval_ms = 1000;
-    if (uvstall_configure(&p) != 0) return 91;
-    static uvt::Collector col;
-    static Host h([](uvstall_options_t *o) {
-      col.attach(o);
-      o->interval_ms = 1;
-      o->threshold_ms = 2;
-    });
-    g_host = &h;
-    static uv_timer_t culprit;
-    static int runs = 0;
-    uv_timer_init(&h.loop, &culprit);
-    static uvstall_stats_t st{};
-    uv_timer_start(&culprit, [](uv_timer_t *t) {
-      uvstall_test_busy(7);
-      if (++runs < 1000) return;
-      uv_timer_stop(t);
-      // Stop on the loop, while it runs: once uv_run returns, time away
-      // from the loop would be a stall of its own (at a 2 ms threshold).
-      st.struct_size = sizeof st;
-      uvstall_get_stats(g_host->w, &st);
-      uvstall_stop(g_host->w);  // writes the last summary, waits for its delivery
-    }, 20, 10);
-    const uint64_t t0 = uvt::now_ns();
-    uv_run(&h.loop, UV_RUN_DEFAULT);
-    const double seconds = double(uvt::now_ns() - t0) / 1e9;
-    std::set<int64_t> stalls_written, ends_written;
-    uint64_t summary_total = 0, summary_culprit = 0, summary_suppressed = 0, announced = 0;
-    for (const auto &r : col.all()) {
-      announced += r.j.value("suppressed", 0);
-      if (r.j["type"] == "stall") stalls_written.insert(r.j["stall_id"].get<int64_t>());
-      if (r.j["type"] == "stall_end") ends_written.insert(r.j["stall_id"].get<int64_t>());
-      if (r.j["type"] != "summary") continue;
-      summary_suppressed += r.j["stalls_suppressed"].get<uint64_t>();
-      for (const auto &f : r.j["fingerprints"]) {
-        summary_total += f["count"].get<uint64_t>();
-        if (f["culprit"] == "uvstall_test_busy") summary_culprit += f["count"].get<uint64_t>();
-      }
-    }
-    std::printf("runs=%d stalls=%llu written=%zu ends=%zu same_ids=%d seconds=%.1f\n", runs,
-                (unsigned long long)st.stalls, stalls_written.size(), ends_written.size(),
-                int(stalls_written == ends_written), seconds);
-    if (std::getenv("UVSTALL_TEST_DUMP"))
-      for (const auto &r : col.all()) std::fprintf(stderr, "%s\n", r.j.dump().c_str());
-    std::printf("summary_total=%llu summary_culprit=%llu summary_suppressed=%llu announced=%llu\n",
-                (unsigned long long)summary_total, (unsigned long long)summary_culprit,
-                (unsigned long long)summary_suppressed, (unsigned long long)announced);
     return 0;
   }
   if (scenario == "abort") {

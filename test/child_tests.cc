@@ -6,62 +6,30 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
-
-#include <uvstall/uvstall.h>
 
 #include "harness.h"
 
 namespace {
 
-struct ChildResult {
-  int status = -1;  // exit status, or 128 + signal
-  std::string out;
-  std::vector<nlohmann::json> records;  // JSON lines of stderr
-  std::vector<std::string> other_err;   // non-JSON stderr lines
-};
-
-std::string slurp(const std::string &path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using uvt::ChildResult;
+using uvt::slurp;
 
 ChildResult run_child(const std::vector<std::string> &args) {
   const char *exe = std::getenv("UVSTALL_TEST_CHILD");
   REQUIRE_MESSAGE(exe != nullptr, "UVSTALL_TEST_CHILD must name uvstall-test-child");
-  const uvt::Spawned sp = uvt::spawn_and_wait(exe, args);
-  REQUIRE_MESSAGE(sp.ran, "could not run " << exe);
-  ChildResult r;
-  r.status = sp.status;
-  r.out = sp.out;
-  std::istringstream err(sp.err);
-  std::string line;
-  while (std::getline(err, line)) {
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded()) r.other_err.push_back(line);
-    else r.records.push_back(j);
-  }
+  ChildResult r = uvt::run_child(exe, args);
+  REQUIRE_MESSAGE(r.status >= 0, r.out);
   return r;
 }
 
 std::vector<nlohmann::json> of_type(const ChildResult &r, const std::string &type) {
-  std::vector<nlohmann::json> v;
-  for (const auto &j : r.records)
-    if (j["type"] == type) v.push_back(j);
-  return v;
+  return uvt::of_type(r.records, type);
 }
 
 bool names(const nlohmann::json &stall, const std::string &sym) {
-  for (const auto &f : stall["frames"])
-    if (f["symbol"].is_string() && f["symbol"] == sym) return true;
-  return false;
+  return uvt::frames_name(stall, sym);
 }
 
 }  // namespace
@@ -179,39 +147,6 @@ TEST_SUITE("child") {
     CHECK(of_type(r, "start")[0]["options"]["signal"] == SIGUSR2);
     REQUIRE(of_type(r, "stall").size() >= 1);
     CHECK(of_type(r, "stall")[0]["capture"] == "ok");
-  }
-
-  TEST_CASE("a storm of 1000 identical stalls: rate-limited, summarized, nothing lost") {
-    auto r = run_child({"storm"});
-    CHECK(r.status == 0);
-    INFO(r.out);
-    int runs = 0, same_ids = 0;
-    unsigned long long stalls = 0, total = 0, culprit = 0, suppressed = 0, announced = 0;
-    size_t written = 0, ends = 0;
-    double seconds = 0;
-    REQUIRE(std::sscanf(r.out.c_str(),
-                        "runs=%d stalls=%llu written=%zu ends=%zu same_ids=%d seconds=%lf\n"
-                        "summary_total=%llu summary_culprit=%llu summary_suppressed=%llu "
-                        "announced=%llu",
-                        &runs, &stalls, &written, &ends, &same_ids, &seconds, &total, &culprit,
-                        &suppressed, &announced) == 10);
-    CHECK(runs == 1000);
-    // Every culprit run is a stall, give or take a few: on a slow build
-    // (sanitizers) two runs 3 ms apart may share one stall when no tick
-    // fits between them, and a loaded machine adds idle ones of its own.
-    CHECK(stalls >= 990);
-    // At most the limit: a burst of 10, then 10 a minute.
-    CHECK(written >= 1);
-    CHECK(written <= 10 + size_t(seconds * 10 / 60) + 1);
-    CHECK(same_ids == 1);  // each written stall has its stall_end
-    CHECK(ends == written);
-    // The summaries account for every stall, written or not.
-    CHECK(total == stalls);
-    CHECK(suppressed == stalls - written);
-    CHECK(announced == suppressed);
-    // Nearly all with the culprit named (a capture can miss a stall that
-    // ends as the signal arrives).
-    CHECK(culprit >= 950);
   }
 
   TEST_CASE("abort_after_ms writes the report, then the loop thread gets SIGABRT") {

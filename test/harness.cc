@@ -1,16 +1,21 @@
 // Test harness (see harness.h).
 #include "harness.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
 extern char **environ;
+// The sanitizer allocator's own count (malloc is not glibc's under ASan).
+extern "C" size_t __sanitizer_get_current_allocated_bytes() __attribute__((weak));
 
 namespace uvt {
 
@@ -175,12 +180,70 @@ Spawned spawn_and_wait(const std::string &exe, const std::vector<std::string> &a
   if (pid < 0 || waitpid(pid, &st, 0) != pid) return r;
   r.ran = true;
   r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  std::stringstream o, e;
-  o << std::ifstream(out_path).rdbuf();
-  e << std::ifstream(err_path).rdbuf();
-  r.out = o.str();
-  r.err = e.str();
+  r.out = slurp(out_path);
+  r.err = slurp(err_path);
+  unlink(out_path.c_str());
+  unlink(err_path.c_str());
+  rmdir(dir.c_str());
   return r;
+}
+
+size_t open_fds() {
+  size_t n = 0;
+  DIR *d = opendir("/proc/self/fd");
+  while (readdir(d) != nullptr) ++n;
+  closedir(d);
+  return n;
+}
+
+size_t heap_in_use() {
+  if (__sanitizer_get_current_allocated_bytes != nullptr)
+    return __sanitizer_get_current_allocated_bytes();
+  const struct mallinfo2 m = mallinfo2();  // all arenas
+  return m.uordblks + m.hblkhd;
+}
+
+size_t rss_bytes() {
+  unsigned long size = 0, resident = 0;
+  FILE *f = std::fopen("/proc/self/statm", "r");
+  if (f == nullptr) return 0;
+  if (std::fscanf(f, "%lu %lu", &size, &resident) != 2) resident = 0;
+  std::fclose(f);
+  return resident * size_t(sysconf(_SC_PAGESIZE));
+}
+
+std::string slurp(const std::string &path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+ChildResult run_child(const char *exe, const std::vector<std::string> &args) {
+  ChildResult r;
+  const Spawned sp = spawn_and_wait(exe, args);
+  if (!sp.ran) {
+    r.out = std::string("could not run ") + exe;
+    return r;
+  }
+  r.status = sp.status;
+  r.out = sp.out;
+  std::istringstream err(sp.err);
+  std::string line;
+  while (std::getline(err, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded()) r.other_err.push_back(line);
+    else r.records.push_back(j);
+  }
+  return r;
+}
+
+std::vector<nlohmann::json> of_type(const std::vector<nlohmann::json> &records,
+                                    const std::string &type) {
+  std::vector<nlohmann::json> v;
+  for (const auto &j : records)
+    if (j["type"] == type) v.push_back(j);
+  return v;
 }
 
 }  // namespace uvt

@@ -150,6 +150,25 @@ struct Spawned {
 };
 Spawned spawn_and_wait(const std::string &exe, const std::vector<std::string> &args);
 
+// This process's resources, for "flat before and after" checks.
+size_t open_fds();     // entries of /proc/self/fd
+size_t heap_in_use();  // bytes malloc handed out and did not get back
+                       // (the sanitizer allocator's count under ASan)
+size_t rss_bytes();    // resident set size (/proc/self/statm)
+
+// A host program run in a process of its own, its stdout and stderr kept.
+struct ChildResult {
+  int status = -1;  // exit status, or 128 + signal; -1: could not run it
+  std::string out;
+  std::vector<nlohmann::json> records;  // JSON lines of stderr
+  std::vector<std::string> other_err;   // non-JSON stderr lines
+};
+ChildResult run_child(const char *exe, const std::vector<std::string> &args);
+// The records of one type, in order.
+std::vector<nlohmann::json> of_type(const std::vector<nlohmann::json> &records,
+                                    const std::string &type);
+std::string slurp(const std::string &path);
+
 }  // namespace uvt
 
 // Culprits: each blocks its thread for real.

@@ -6,7 +6,9 @@ Usage: schema_test.py SCHEMA CHILD_EXE [DEMO_EXE]
 Runs the test host's scenarios (stderr output, exit mid-stall, stop or exit
 right after a stall, a replaced handler, a late capture...) and the demo,
 validates every JSON line and checks that every reported stall has exactly
-one stall_end.
+one stall_end. With $UVSTALL_TEST_STRESS_CHILD set, also that host's loop
+threads that end without uvstall_stop ("thread_exit" records) and a stall
+that never ends.
 """
 import json
 import os
@@ -65,6 +67,10 @@ def main():
     for scenario in ["stderr", "exit-mid-stall", "exit-after-stall", "stop-after-stall",
                      "handler-replaced", "chain", "sigusr2", "metrics"]:
         runs[scenario] = records_of([child, scenario])
+    stress = os.environ.get("UVSTALL_TEST_STRESS_CHILD")
+    if stress:
+        for scenario in ["thread-exit", "stuck-exit"]:
+            runs[scenario] = records_of([stress, scenario])
     if demo:
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "demo.jsonl")
@@ -95,7 +101,7 @@ def main():
         failures += exactly_once(name, records)
     # The runs must have exercised every record type and the main captures,
     # or this test proves little.
-    for t in ["start", "stall", "stall_end", "metrics"]:
+    for t in ["start", "stall", "stall_end", "metrics"] + (["thread_exit"] if stress else []):
         if t not in seen_types:
             print(f"FAIL: no {t} record in any run")
             failures += 1

@@ -247,7 +247,11 @@ UVSTALL_EXTERN int uvstall_start(uv_loop_t *loop, const uvstall_options_t *opts,
 /* Stops the watch: a stall in progress gets its stall_end, our handles are
  * closed (memory is freed in their close callbacks). Call on the loop's
  * thread; once the loop has run again (uv_run with UV_RUN_NOWAIT is enough),
- * uv_loop_close succeeds. The handle is invalid after this returns 0. */
+ * uv_loop_close succeeds. The handle is invalid after this returns 0.
+ * Waits at most 1 s for the sentinel and 1 s for the writer. A thread that
+ * ends without calling this has its watch stopped as it ends ("thread_exit"
+ * record); the handles stay in the loop, and this returns
+ * UVSTALL_EWRONGTHREAD for that watch. */
 UVSTALL_EXTERN int uvstall_stop(uvstall_t *h);
 
 /* Starts watching a loop that is not a libuv loop (asyncio, a private copy
