@@ -142,18 +142,27 @@ TEST_SUITE("hostile hosts") {
     INFO(r.out << r.err);
     REQUIRE(r.status == 0);
     REQUIRE(r.num("stalls") == 3);
+    // Under ThreadSanitizer the sleeping constructor and callback may not
+    // be captured while they block (uvt::kTsan says why): there they may
+    // time out cleanly, and only the busy one must be named.
     for (int i = 0; i < 3; ++i) {
       const std::string k = "stall" + std::to_string(i);
-      CHECK(r.str(k + "_capture") == "ok");
+      const std::string capture = r.str(k + "_capture");
+      if (uvt::kTsan && i > 0)
+        CHECK((capture == "ok" || capture == "timeout"));
+      else
+        CHECK(capture == "ok");
       CHECK(r.num(k + "_ends") == 1);
       CHECK(r.num(k + "_ms") >= 500 - 2);
       CHECK(r.num(k + "_ms") <= 500 + 60);
     }
     CHECK(r.num("stall0_ctor") == 1);
     CHECK(r.num("stall0_dlopen") == 1);
-    CHECK(r.num("stall1_ctor") == 1);
-    CHECK(r.num("stall1_dlopen") == 1);
-    CHECK(r.num("stall2_phdr") == 1);
+    if (!uvt::kTsan) {
+      CHECK(r.num("stall1_ctor") == 1);
+      CHECK(r.num("stall1_dlopen") == 1);
+      CHECK(r.num("stall2_phdr") == 1);
+    }
   }
 
   TEST_CASE("another thread holding the loader lock for 1 s: captures time out, the sentinel goes on") {
@@ -171,7 +180,9 @@ TEST_SUITE("hostile hosts") {
     CHECK(r.str("cold_first_capture") == "timeout");
     CHECK(r.num("cold_first_arrived_before_unlock") == 1);
     CHECK(r.num("cold_first_after_stall_ms") < 100 + 50 + 250);
-    CHECK(r.num("cold_named_after_unlock") >= 1);
+    // (Under ThreadSanitizer the stack that lands late answers a request a
+    // later sample superseded, so none is named: uvt::kTsan says why.)
+    if (!uvt::kTsan) CHECK(r.num("cold_named_after_unlock") >= 1);
     CHECK(r.num("cold_ends") == 1);
     CHECK(r.str("cold_ended_by") == "loop");
     CHECK(r.num("cold_ms") >= 1500 - 2);

@@ -246,9 +246,7 @@ void check_exit(const Result &r) {
   INFO("child said:\n" << r.out);
   CHECK(r.status == 0);
   REQUIRE(r.exit_ms >= 0);
-  // ThreadSanitizer sleeps atexit_sleep_ms (1000 by default) in exit to
-  // catch late races: that second is TSan's, not ours.
-  CHECK(r.exit_ms < kExitMs + (uvt::kTsan ? 1000 : 0));
+  CHECK(r.exit_ms < kExitMs);
   MESSAGE("exit took " << r.exit_ms << " ms");
 }
 

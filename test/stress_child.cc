@@ -153,7 +153,9 @@ int stuck(bool stop_in_callback) {
   stop_first = stop_in_callback;
   std::thread([] {
     lsan_off();
-    static uvt::WatchedLoop wl(to_stderr);
+    // Never destroyed: exit's static destructors run while this thread is
+    // still stuck in its callback.
+    static uvt::WatchedLoop &wl = *new uvt::WatchedLoop(to_stderr);
     g_stuck_watch = wl.watch;
     wl.after(50, [] {
       if (stop_first) {

@@ -436,7 +436,10 @@ TEST_SUITE("stress") {
         }
         INFO("reported:" << seen);
         CHECK(found);
-        CHECK(inside_named == inside);
+        // (Under ThreadSanitizer a stack may come with the registers TSan
+        // saved at arrival, its innermost frames in TSan's runtime: see
+        // uvt::kTsan. Other threads' frames are checked for below as always.)
+        if (!uvt::kTsan) CHECK(inside_named == inside);
         named_stalls += inside > 0 && inside_named == inside;
       }
     }
@@ -452,7 +455,9 @@ TEST_SUITE("stress") {
     // here; a sentinel that waits ~150 ms for a CPU, as under ASan on a
     // loaded machine, misses a few: those say "the stall ended before the
     // signal was handled").
-    CHECK(named_stalls * 10 >= must * 9);
+    // (Under ThreadSanitizer sleeps and mutex waits, most of the culprits
+    // here, cannot be captured while they block: see uvt::kTsan.)
+    if (!uvt::kTsan) CHECK(named_stalls * 10 >= must * 9);
 
     runs.clear();
     settle(fds_before);
@@ -512,7 +517,9 @@ TEST_SUITE("stress") {
     auto stalls = uvt::of_type(r.records, "stall");
     auto ends = uvt::of_type(r.records, "stall_end");
     REQUIRE(!stalls.empty());
-    CHECK(uvt::frames_name(stalls[0], "uvstall_test_pipe_read"));
+    // (Under ThreadSanitizer a thread blocked in read() gets no capture:
+    // uvt::kTsan says why.)
+    CHECK(uvt::frames_name(stalls[0], "uvstall_test_pipe_read") != uvt::kTsan);
     REQUIRE(ends.size() == 1);
     CHECK(ends[0]["ended_by"] == "exit");
     CHECK(ends[0]["stall_id"] == stalls[0]["stall_id"]);
