@@ -147,9 +147,21 @@ bool mount_tiny_tmpfs(std::string *why) {
     }
     how = "mount(root)";
   }
-  if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
-    *why = std::string("making / private: ") + std::strerror(errno);
-    return false;
+  // Our mounts must not propagate out of this namespace: make the tree that
+  // holds the mount point private here. "/" is not a mount point in a
+  // chroot (EINVAL): then the nearest ancestor of the directory that is.
+  std::string tree = "/";
+  int private_errno = 0;
+  while (mount(nullptr, tree.c_str(), nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+    if (private_errno == 0) private_errno = errno;
+    const std::string from = tree == "/" ? g_tmpfs_dir : tree;
+    const size_t cut = from.find_last_of('/');
+    if (errno != EINVAL || cut == std::string::npos || cut == 0) {
+      *why = std::string("making / (or the tree holding ") + g_tmpfs_dir +
+             ") private: " + std::strerror(private_errno);
+      return false;
+    }
+    tree = from.substr(0, cut);
   }
   if (mount("uvstall-test", g_tmpfs_dir.c_str(), "tmpfs", 0, "size=64k,mode=0755") != 0) {
     *why = std::string("mount tmpfs size=64k: ") + std::strerror(errno);
