@@ -445,6 +445,12 @@ void take_sample(Watch *w, uint64_t now, bool ended, uint64_t end_ns, bool stopp
     s.blocked_ns = end_ns - std::min(end_ns, st.start_bound_ns);
     s.capture = "failed";
     s.capture_error = "the stall ended before the signal was handled";
+  } else if (!have && ended && !stopped && !exiting) {
+    // The loop came back before the stack did: whatever arrives now is not
+    // the stall's. Not a timeout (the sentinel did not wait one out).
+    s.blocked_ns = end_ns - std::min(end_ns, st.start_bound_ns);
+    s.capture = "failed";
+    s.capture_error = "the stall ended before the signal was handled";
   } else if (!have) {
     s.blocked_ns = now - std::min(now, st.start_bound_ns);
     s.capture = stopped || exiting ? "failed" : "timeout";

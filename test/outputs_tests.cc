@@ -258,6 +258,10 @@ void check_recovered(const Result &r, const Lines &l) {
   CHECK(l.announced == uint64_t(r.num("dropped")));
   // The stall after the outage is there, with its stack.
   bool late_stall = false;
+  std::string stalls;
+  for (const auto &j : l.records)
+    if (j.value("type", "") == "stall") stalls += j.dump() + "\n";
+  INFO("stall records:\n" << stalls);
   for (const auto &j : l.records)
     if (j.value("type", "") == "stall" && j.value("stall_id", 0) == 3)
       for (const auto &f : j["frames"]) late_stall |= f["symbol"] == "outputs_deep";

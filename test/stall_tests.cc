@@ -491,9 +491,14 @@ TEST_SUITE("outputs") {
     CHECK(st.stalls == 3);
     CHECK(st.reports_written == 1);  // only the start record got through
     REQUIRE(wl.col.wait_count("stall_end", 3, 6000));
+    // Each stall's first stack is taken while it runs; a later sample sent
+    // just as the 200 ms loop returns may find the stall over, and says so.
     for (const auto &r : wl.col.of_type("stall")) {
       INFO(r.j.dump());
-      CHECK(r.j["capture"] == "ok");
+      if (r.j["sample"] == 0 || r.j["capture"] == "ok")
+        CHECK(r.j["capture"] == "ok");
+      else
+        CHECK(r.j["capture_error"] == "the stall ended before the signal was handled");
     }
   }
 }
