@@ -438,16 +438,12 @@ void take_sample(Watch *w, uint64_t now, bool ended, uint64_t end_ns, bool stopp
       have = true;
     }
   }
-  if (have && ended && t_enter > end_ns) {
-    // The signal was handled after the loop came back: that stack is
-    // not the stall's.
+  // The loop came back before the stack did (a stack that arrives now, or
+  // arrived after the end, is not the stall's); not a timeout either: the
+  // sentinel did not wait one out.
+  const bool after_end = have ? t_enter > end_ns : !stopped && !exiting;
+  if (ended && after_end) {
     s = new_sample(w);
-    s.blocked_ns = end_ns - std::min(end_ns, st.start_bound_ns);
-    s.capture = "failed";
-    s.capture_error = "the stall ended before the signal was handled";
-  } else if (!have && ended && !stopped && !exiting) {
-    // The loop came back before the stack did: whatever arrives now is not
-    // the stall's. Not a timeout (the sentinel did not wait one out).
     s.blocked_ns = end_ns - std::min(end_ns, st.start_bound_ns);
     s.capture = "failed";
     s.capture_error = "the stall ended before the signal was handled";
