@@ -295,8 +295,10 @@ class Watch:
             try:
                 loop.add_reader(fd, lib.external_woken, h)
                 self._wake_fd = fd
-            except (NotImplementedError, RuntimeError, ValueError, OSError):
-                pass  # no add_reader (a proactor loop): the next beat ends a stall
+            except Exception:
+                # No add_reader (a proactor loop, a loop of another kind):
+                # the next beat ends a stall; the watch itself goes on.
+                pass
         sel = getattr(loop, "_selector", None)
         inner = getattr(sel, "select", None)
         if not callable(inner) or not _mono_is_clock_monotonic():
@@ -312,7 +314,7 @@ class Watch:
             return events
         try:
             sel.select = select
-        except AttributeError:  # a selector with __slots__: leave it alone
+        except (AttributeError, TypeError):  # __slots__, or not a Python class
             return
         self._selector, self._select, self._poll_clock = sel, select, word
         _check(lib, lib.external_poll_clock(h, ctypes.byref(word)))
