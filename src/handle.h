@@ -18,6 +18,9 @@ struct uvstall_s {
   // Stopped by its thread's exit (no uvstall_stop): the handle stays in the
   // loop, and uvstall_stop refuses it (UVSTALL_EWRONGTHREAD).
   std::atomic<bool> thread_ended{false};
+  // What the source lets the sentinel ask of the loop (src/watch.h); the
+  // watch points at it until stop.
+  std::unique_ptr<uvstall::internal::LoopHooks> hooks;
   // libuv source only:
   uv_timer_t timer;
   uv_async_t async;

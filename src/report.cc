@@ -5,6 +5,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <ctime>
 #include <mutex>
@@ -162,12 +163,16 @@ nlohmann::ordered_json stall_record(const LoopIdentity &who, uint64_t wall_ns, c
 }
 
 nlohmann::ordered_json stall_end_record(const LoopIdentity &who, uint64_t wall_ns,
-                                uint64_t stall_id, uint64_t duration_ns,
-                                const char *ended_by) {
+                                        uint64_t stall_id, uint64_t start_ns, uint64_t end_ns,
+                                        const char *ended_by) {
   nlohmann::ordered_json r = record_base("stall_end", wall_ns, &who);
   r["stall_id"] = stall_id;
-  r["duration_ms"] = ms_from_ns(duration_ns);
+  r["duration_ms"] = ms_from_ns(end_ns - std::min(end_ns, start_ns));
   r["ended_by"] = ended_by;
+  // The bounds themselves, on the clock of time.monotonic() and uv_hrtime(),
+  // so an application can compare them with its own timestamps.
+  r["start_mono_ms"] = ms_from_ns(start_ns);
+  r["end_mono_ms"] = ms_from_ns(end_ns);
   return r;
 }
 

@@ -60,9 +60,10 @@ struct StallSample {
 };
 nlohmann::ordered_json stall_record(const LoopIdentity &who, uint64_t wall_ns, const StallSample &s);
 
+// `start_ns` and `end_ns`: the stall's bounds on CLOCK_MONOTONIC.
 nlohmann::ordered_json stall_end_record(const LoopIdentity &who, uint64_t wall_ns,
-                                uint64_t stall_id, uint64_t duration_ns,
-                                const char *ended_by);
+                                        uint64_t stall_id, uint64_t start_ns, uint64_t end_ns,
+                                        const char *ended_by);
 
 // The loop's thread ended without uvstall_stop; `detected_by` is
 // "exit_hook" (the thread's own exit) or "sentinel" (found later, gone).

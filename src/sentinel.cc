@@ -231,7 +231,8 @@ void emit_end(Watch *w, uint64_t end_ns, const char *ended_by) {
   SentinelState &st = w->s;
   const uint64_t dur = end_ns - std::min(end_ns, st.start_bound_ns);
   w->stalled_ns_total.fetch_add(dur, std::memory_order_relaxed);
-  if (!st.suppressed) emit(w, stall_end_record(w->who, wall_ns(), st.stall_id, dur, ended_by));
+  if (!st.suppressed)
+    emit(w, stall_end_record(w->who, wall_ns(), st.stall_id, end_ns - dur, end_ns, ended_by));
   SummaryEntry &e = g_storm->by_fingerprint[st.fingerprint];
   e.count++;
   e.suppressed += st.suppressed;
@@ -307,7 +308,7 @@ void stop_vanished(Watch *w, uint64_t now) {
   w->thread_exited = true;
   w->exit_seen_by_sentinel = true;
   w->stop_ns = now;
-  w->async = nullptr;
+  w->hooks = nullptr;
   if (w->slot >= 0) capture_release(w->slot);
 }
 
@@ -332,13 +333,15 @@ std::string request_capture(Watch *w) {
   return {};
 }
 
-// True when the loop's thread sits in epoll_wait on the loop's own backend
+// True when the loop's thread sits in epoll_wait on the loop's own poll
 // fd: the loop is idle and responsive, whatever its timer says.
 bool idle_in_own_poll(Watch *w, const ThreadSample &t) {
-  if (w->loop == nullptr || !t.ok) return false;
+  if (!t.ok) return false;
   if (t.syscall_nr != SYS_epoll_wait && t.syscall_nr != SYS_epoll_pwait) return false;
   std::lock_guard<std::mutex> lock(w->mu);
-  return !w->stopped && int(t.syscall_arg0) == uv_backend_fd(w->loop);
+  if (w->stopped || w->hooks == nullptr) return false;
+  const int fd = w->hooks->poll_fd();
+  return fd >= 0 && int(t.syscall_arg0) == fd;
 }
 
 uint64_t begin_stall(Watch *w, uint64_t now) {
@@ -374,7 +377,7 @@ uint64_t begin_stall(Watch *w, uint64_t now) {
     // clock. Wake it so it beats now, and look again one interval later.
     w->pending_stall.exchange(0, std::memory_order_seq_cst);
     std::lock_guard<std::mutex> lock(w->mu);
-    if (w->async != nullptr) uv_async_send(w->async);
+    if (w->hooks != nullptr) w->hooks->wake();
     return now + uint64_t(w->cfg.interval_ms) * kNsPerMs;
   }
   w->stalls.fetch_add(1, std::memory_order_relaxed);
@@ -386,19 +389,17 @@ uint64_t begin_stall(Watch *w, uint64_t now) {
   if (st.suppressed) g_unannounced_suppressed.fetch_add(1);
   {
     std::lock_guard<std::mutex> lock(w->mu);
-    // The loop's cached clock bounds the start of the blocking better than
-    // the last beat: libuv updates it at each iteration and after each poll,
-    // so it is at most the start of the callback that blocks. Read from this
-    // thread while the loop is blocked (an aligned 64-bit field the loop
-    // thread does not write until it runs again); libuv's clock may be
-    // CLOCK_MONOTONIC_COARSE, never ahead of ours.
-    if (w->loop != nullptr && !w->stopped) {
-      const uint64_t loop_ns = uv_now(w->loop) * kNsPerMs;
-      if (loop_ns > beat && loop_ns <= now) st.start_bound_ns = loop_ns;
+    // The source's start hint (libuv's cached clock, when the loop last
+    // left its poll) bounds the start of the blocking better than the last
+    // beat when it is later: it is at most the start of the callback that
+    // blocks. A hint in the future is not one (a coarser or broken clock).
+    if (!w->stopped && w->hooks != nullptr) {
+      const uint64_t hint = w->hooks->start_hint_ns();
+      if (hint > beat && hint <= now) st.start_bound_ns = hint;
+      // Wake the loop so its first sign of life after the stall is seen
+      // at once, not one interval later (at its next beat).
+      w->hooks->wake();
     }
-    // Wake the loop so its first sign of life after the stall is seen at
-    // once, not one interval later (libuv polls with a stale timeout).
-    if (w->async != nullptr) uv_async_send(w->async);
   }
   const std::string problem = request_capture(w);
   if (!problem.empty()) {
@@ -507,7 +508,13 @@ uint64_t step(Watch *w, uint64_t now, bool exiting) {
   }
 
   const bool ended = w->ended_stall.load(std::memory_order_acquire) == st.stall_id;
-  const uint64_t end_ns = ended ? w->end_ns.load(std::memory_order_relaxed) : 0;
+  uint64_t end_ns = 0;
+  if (ended) {
+    // The source's earliest "running again" when it is after the start (a
+    // stale one is not), else when it saw the loop alive.
+    end_ns = w->end_ns.load(std::memory_order_relaxed);
+    if (end_ns <= st.start_bound_ns) end_ns = w->end_alive_ns.load(std::memory_order_relaxed);
+  }
 
   if (st.phase == SentinelState::kCapturing) {
     bool done;
@@ -828,7 +835,7 @@ void watch_stop(Watch *w, bool thread_exit) {
     w->stopped = true;
     w->thread_exited = thread_exit;
     w->stop_ns = now;
-    w->async = nullptr;
+    w->hooks = nullptr;
     registered = w->registered;
     if (w->slot >= 0) capture_release(w->slot);
   }

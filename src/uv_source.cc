@@ -22,6 +22,25 @@ void on_async(uv_async_t *a) {
   watch_alive(h->watch.get(), mono_ns());
 }
 
+// The sentinel's view of the loop (see LoopHooks), under Watch::mu.
+class UvHooks final : public LoopHooks {
+ public:
+  UvHooks(uv_loop_t *loop, uv_async_t *async) : loop_(loop), async_(async) {}
+  // libuv's cached clock: updated at each iteration and after each poll, so
+  // at most the start of the callback that blocks. Read while the loop is
+  // blocked (an aligned 64-bit field the loop thread does not write until it
+  // runs again); libuv's clock may be CLOCK_MONOTONIC_COARSE, never ahead
+  // of ours.
+  uint64_t start_hint_ns() override { return uv_now(loop_) * kNsPerMs; }
+  // After a stall libuv would poll with a timeout from its stale clock.
+  void wake() override { uv_async_send(async_); }
+  int poll_fd() override { return uv_backend_fd(loop_); }
+
+ private:
+  uv_loop_t *loop_;
+  uv_async_t *async_;
+};
+
 void on_close(uv_handle_t *handle) {
   auto *h = static_cast<uvstall_t *>(handle->data);
   if (--h->open_handles == 0) delete h;
@@ -51,9 +70,13 @@ extern "C" int uvstall_start(uv_loop_t *loop, const uvstall_options_t *opts,
   if (rc == 0 && h == nullptr) rc = UVSTALL_ENOMEM;
   if (rc == 0) {
     h->watch = w;
+    h->hooks.reset(new (std::nothrow) UvHooks(loop, &h->async));
     h->timer.data = h;
     h->async.data = h;
-    if (uv_timer_init(loop, &h->timer) != 0) {
+    if (h->hooks == nullptr) {
+      delete h;
+      rc = UVSTALL_ENOMEM;
+    } else if (uv_timer_init(loop, &h->timer) != 0) {
       delete h;
       rc = UVSTALL_EUV;
     } else {
@@ -75,7 +98,7 @@ extern "C" int uvstall_start(uv_loop_t *loop, const uvstall_options_t *opts,
   uv_timer_start(&h->timer, on_tick, w->cfg.interval_ms, w->cfg.interval_ms);
   {
     std::lock_guard<std::mutex> lock(w->mu);
-    w->async = &h->async;
+    w->hooks = h->hooks.get();
   }
   sentinel_add(w);
   attach_started(h);

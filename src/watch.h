@@ -1,6 +1,8 @@
 // One watch: the state shared by a heartbeat source (the libuv timer in
-// uv_source.cc, later others), the sentinel and the writer. The sentinel,
-// capture and reports never know which heartbeat source a watch has.
+// uv_source.cc, uvstall_beat in external_source.cc), the sentinel and the
+// writer. The sentinel, capture and reports never know which heartbeat
+// source a watch has: what a source lets them ask of its loop goes through
+// LoopHooks.
 #pragma once
 
 #include <sys/types.h>
@@ -76,6 +78,31 @@ struct SentinelState {
 
 struct LoopCounters;  // src/metrics.h
 
+// What a heartbeat source lets the sentinel ask of its loop, beyond the
+// beat. Owned by the source (with the public handle); the sentinel calls it
+// only with Watch::mu held and while Watch::hooks is set, which stop clears
+// under that lock, so no hook runs after stop. Runs on the sentinel thread,
+// while the loop's thread may be blocked anywhere: no hook may wait for the
+// loop, take a lock the loop holds, or need an interpreter's lock (the GIL).
+class LoopHooks {
+ public:
+  virtual ~LoopHooks() = default;
+  // The latest moment (CLOCK_MONOTONIC ns) the loop is known to have been
+  // between two callbacks of its own — e.g. libuv's cached clock, or when
+  // the loop last returned from its poll — or 0 when unknown. Read during
+  // a stall: the stall's start is not before it. May be stale or coarse;
+  // the sentinel takes it only when it is later than the last beat and not
+  // in the future.
+  virtual uint64_t start_hint_ns() { return 0; }
+  // Makes the loop show a sign of life (watch_alive) as soon as it polls
+  // again, so a stall's end is seen at once, not at the next beat. Called
+  // at detection. Must not block (uv_async_send, a write to an eventfd).
+  virtual void wake() {}
+  // The descriptor the loop's thread waits on in epoll_wait when it is
+  // idle, or -1: a thread found there is not stalled, only its beat is late.
+  virtual int poll_fd() { return -1; }
+};
+
 struct Watch {
   // Immutable after watch_create.
   Config cfg;
@@ -99,7 +126,8 @@ struct Watch {
   // The source swaps it to 0 at the loop's first sign of life, stores
   // end_ns, then publishes ended_stall (release).
   std::atomic<uint64_t> pending_stall{0};
-  std::atomic<uint64_t> end_ns{0};
+  std::atomic<uint64_t> end_ns{0};        // the source's earliest "running again"
+  std::atomic<uint64_t> end_alive_ns{0};  // when the source saw it (>= end_ns)
   std::atomic<uint64_t> ended_stall{0};
   // True while the loop's thread is away from its loop (preload mode: between
   // two uv_run calls), so time spent outside the loop is not a stall. Written
@@ -143,7 +171,7 @@ struct Watch {
   // touched again; a "thread_exit" record says so.
   bool thread_exited = false;
   bool exit_seen_by_sentinel = false;
-  uv_async_t *async = nullptr;    // wakes the loop at detection; null if none
+  LoopHooks *hooks = nullptr;     // the source's hooks; null after stop
 
   // Set by the sentinel once a stopped watch's last records are queued.
   std::atomic<bool> finalized{false};
@@ -162,15 +190,21 @@ void sentinel_wake();
 // Heartbeat source, on the loop's thread: the loop is alive now. Any sign
 // of life is a beat (a stall's end must also move the heartbeat, or the
 // sentinel would see the pre-stall beat and call the next instant a stall).
-inline void watch_alive(Watch *w, uint64_t now_ns) {
+// `resumed_ns` (<= now_ns): when the source knows the loop ran again, if
+// earlier than now — e.g. when the poll that delivered the wake returned,
+// before the callbacks queued ahead of the wake's ran. The sentinel ends the
+// stall there when it is after the stall's start bound, else at now_ns.
+inline void watch_alive(Watch *w, uint64_t now_ns, uint64_t resumed_ns) {
   w->last_beat_ns.store(now_ns, std::memory_order_seq_cst);
   if (w->pending_stall.load(std::memory_order_seq_cst) == 0) return;
   const uint64_t id = w->pending_stall.exchange(0, std::memory_order_seq_cst);
   if (id == 0) return;
-  w->end_ns.store(now_ns, std::memory_order_relaxed);
+  w->end_ns.store(resumed_ns <= now_ns ? resumed_ns : now_ns, std::memory_order_relaxed);
+  w->end_alive_ns.store(now_ns, std::memory_order_relaxed);
   w->ended_stall.store(id, std::memory_order_release);
   sentinel_wake();
 }
+inline void watch_alive(Watch *w, uint64_t now_ns) { watch_alive(w, now_ns, now_ns); }
 
 // One tick of the heartbeat timer: its lateness goes into the histograms
 // (a few relaxed stores; after a delay of two intervals or more, one store

@@ -17,9 +17,12 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <dirent.h>
+#include <poll.h>
+#include <cerrno>
 #include <signal.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <mutex>
@@ -575,6 +578,104 @@ TEST_SUITE("external heartbeat") {
     const double d = col.of_type("stall_end")[0].j["duration_ms"].get<double>();
     CHECK(d >= 300 - kEarlyMs);
     CHECK(d <= 300 + 20 + kLateMs);
+  }
+
+  // A loop that polls the wake descriptor and stores its poll clock: the
+  // stall's bounds are the loop's, not its beats'.
+  TEST_CASE("the wake descriptor is readable at detection; the poll clock bounds the stall") {
+    uvt::Collector col;
+    uvstall_options_t o;
+    uvstall_options_init(&o);
+    col.attach(&o);
+    uint64_t polled_before = 0, culprit_start = 0, culprit_end = 0, woken_at = 0;
+    bool readable = false, drained = false;
+    uvt::on_thread([&] {
+      uvstall_t *h = nullptr;
+      REQUIRE(uvstall_start_external(&o, &h) == 0);
+      const int fd = uvstall_external_wake_fd(h);
+      REQUIRE(fd >= 0);
+      CHECK(uvstall_external_wake_fd(h) == fd);  // one descriptor per watch
+      uint64_t poll_clock = 0;
+      REQUIRE(uvstall_external_poll_clock(h, &poll_clock) == 0);
+      pollfd p = {fd, POLLIN, 0};
+      CHECK(poll(&p, 1, 0) == 0);  // nothing to read before a stall
+      for (int i = 0; i < 10; ++i) {  // 200 ms of a healthy loop
+        uvstall_beat(h);
+        uvstall_test_sleep(20);
+        poll_clock = uvt::now_ns();  // "returned from its poll"
+      }
+      // The stall begins 5 ms after the loop left its poll, 5 ms after
+      // its last beat: the poll clock is the better bound.
+      uvstall_beat(h);
+      uvstall_test_sleep(5);
+      __atomic_store_n(&poll_clock, uvt::now_ns(), __ATOMIC_RELAXED);
+      polled_before = poll_clock;
+      uvstall_test_sleep(5);
+      culprit_start = uvt::now_ns();
+      uvstall_test_busy(300);
+      culprit_end = uvt::now_ns();
+      readable = poll(&p, 1, 0) == 1 && (p.revents & POLLIN) != 0;
+      uvstall_test_sleep(3);  // the loop polls: its poll returns now
+      __atomic_store_n(&poll_clock, uvt::now_ns(), __ATOMIC_RELAXED);
+      woken_at = poll_clock;
+      uvstall_test_sleep(2);  // callbacks queued ahead of the wake's run
+      uvstall_external_woken(h);
+      uint64_t count;
+      drained = read(fd, &count, sizeof count) == -1 && errno == EAGAIN;
+      CHECK(uvstall_stop(h) == 0);
+      // Closed by the stop (no other thread of this test opens files).
+      CHECK(fcntl(fd, F_GETFD) == -1);
+    });
+    CHECK(readable);
+    CHECK(drained);
+    REQUIRE(col.wait_count("stall_end", 1, 3000));
+    const auto end = col.of_type("stall_end")[0].j;
+    CHECK(end["ended_by"] == "loop");
+    // The records keep microseconds: 1 us of rounding either way.
+    const double start_ms = end["start_mono_ms"].get<double>();
+    const double end_ms = end["end_mono_ms"].get<double>();
+    CHECK(start_ms >= polled_before / 1e6 - 0.001);
+    CHECK(start_ms <= culprit_start / 1e6);
+    CHECK(end_ms >= culprit_end / 1e6);
+    CHECK(end_ms <= woken_at / 1e6 + 0.001);  // the poll's return, not the callback's
+    CHECK(std::abs(end["duration_ms"].get<double>() - (end_ms - start_ms)) <= 0.002);
+  }
+
+  TEST_CASE("wake descriptors are closed at stop: no descriptor left after 1000 watches") {
+    uvstall_options_t o;
+    uvstall_options_init(&o);
+    o.on_report = [](const char *, size_t, void *) {};
+    uvt::on_thread([&] {
+      // The first watch starts the process's threads and files.
+      uvstall_t *h = nullptr;
+      REQUIRE(uvstall_start_external(&o, &h) == 0);
+      REQUIRE(uvstall_stop(h) == 0);
+      const size_t before = uvt::open_fds();
+      int failures = 0;
+      for (int i = 0; i < 1000; ++i) {
+        if (uvstall_start_external(&o, &h) != 0) {
+          ++failures;
+          continue;
+        }
+        failures += uvstall_external_wake_fd(h) < 0;
+        failures += uvstall_stop(h) != 0;
+      }
+      CHECK(failures == 0);
+      CHECK(uvt::open_fds() == before);
+    });
+    // Not an external watch: refused, nothing created.
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    uvstall_t *h = nullptr;
+    REQUIRE(uvstall_start(&loop, &o, &h) == 0);
+    CHECK(uvstall_external_wake_fd(h) == UVSTALL_EINVAL);
+    uint64_t word = 0;
+    CHECK(uvstall_external_poll_clock(h, &word) == UVSTALL_EINVAL);
+    uvstall_external_woken(h);  // does nothing
+    CHECK(uvstall_stop(h) == 0);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK(uv_loop_close(&loop) == 0);
+    CHECK(uvstall_external_wake_fd(nullptr) == UVSTALL_EINVAL);
   }
 }
 

@@ -97,13 +97,14 @@ extern "C" {
   XX(EMETRICSINTERVAL, -24, "metrics_interval_ms must be 0 (off) or between 100 and 86400000") \
   XX(EMETRICSADDR, -25, "metrics_addr must be PORT, HOST:PORT or [IPV6]:PORT with a numeric address and a port between 1 and 65535") \
   XX(EMETRICSBIND, -26, "could not listen on metrics_addr (port in use, or not an address of this host)") \
-  XX(EMETRICSFILE, -27, "metrics_file must be a path in a writable directory (written by rename, so its directory needs write access), not a device, pipe or directory")
+  XX(EMETRICSFILE, -27, "metrics_file must be a path in a writable directory (written by rename, so its directory needs write access), not a device, pipe or directory") \
+  XX(EWAKEFD, -28, "could not create the external watch's wake descriptor (eventfd): too many open files?")
 
 typedef enum {
 #define UVSTALL_ERRNO_ENUM_(name, value, msg) UVSTALL_##name = (value),
   UVSTALL_ERRNO_MAP(UVSTALL_ERRNO_ENUM_)
 #undef UVSTALL_ERRNO_ENUM_
-  UVSTALL_ERRNO_END_ = -28
+  UVSTALL_ERRNO_END_ = -29
 } uvstall_errno_t;
 
 /* One watch of one loop. Opaque; freed by uvstall_stop (memory is released
@@ -259,13 +260,59 @@ UVSTALL_EXTERN int uvstall_stop(uvstall_t *h);
  * loop every interval_ms. Everything else (sentinel, capture, reports,
  * stats, uvstall_stop) is the same. A thread is watched at most once: this
  * returns UVSTALL_EALREADY if the thread already has a watch (of either
- * kind). A stall's end is the first beat after it, so its duration may be
- * overstated by up to one interval. */
+ * kind).
+ *
+ * With beats alone, a stall starts at the last beat before it and ends at
+ * the first beat after it: its duration may be overstated by up to two
+ * intervals. Two optional helpers make the bounds as exact as the loop lets
+ * them be: the wake descriptor (the end) and the poll clock (the start). */
 UVSTALL_EXTERN int uvstall_start_external(const uvstall_options_t *opts, uvstall_t **out);
 
 /* One heartbeat of an external watch, from its loop's thread. Cheap: a
  * clock read and atomic stores; no lock, no system call. */
 UVSTALL_EXTERN void uvstall_beat(uvstall_t *h);
+
+/* The wake descriptor of an external watch: an eventfd (non-blocking,
+ * close-on-exec) that the sentinel makes readable when it detects a stall,
+ * as it wakes a libuv loop with uv_async_send. Watch it for reading on the
+ * loop (Python: loop.add_reader(fd, ...)) and call uvstall_external_woken()
+ * when it is readable: the stall then ends when the loop first polls again,
+ * not at the next beat. Created on the first call; later calls return the
+ * same descriptor. Returns it (>= 0), UVSTALL_EINVAL for a handle that is
+ * not an external watch, or UVSTALL_EWAKEFD when eventfd() fails. Call on
+ * the loop's thread.
+ *
+ * The descriptor belongs to the watch: never read, write or close it
+ * yourself. uvstall_stop closes it, so stop watching it before calling
+ * uvstall_stop (Python: loop.remove_reader(fd) first). A watch stopped by
+ * its thread's exit keeps it open, like the rest of its handle.
+ *
+ * Loops: the default asyncio loop (a selector loop) queues the read callback
+ * behind the callbacks already queued when its poll returns, so the callback
+ * alone ends the stall after them; with the poll clock below, the end is
+ * when that poll returned. uvloop's add_reader (a uv_poll handle) runs the
+ * callback in libuv's poll phase, right after the poll returns: the end is
+ * exact without a poll clock (uvloop has no poll to time from Python). */
+UVSTALL_EXTERN int uvstall_external_wake_fd(uvstall_t *h);
+
+/* The read callback of the wake descriptor, on the loop's thread: drains it
+ * (one non-blocking read) and marks the loop alive (not a beat: tick
+ * lateness is untouched). A stall in progress ends then, or, when a poll
+ * clock is set and was stored after the stall's start, when the loop last
+ * returned from its poll. Cheap; no lock. */
+UVSTALL_EXTERN void uvstall_external_woken(uvstall_t *h);
+
+/* Optional: `word` is where the loop stores the CLOCK_MONOTONIC time in
+ * nanoseconds each time it returns from its poll (one aligned 64-bit store,
+ * on the loop's thread; Python's time.monotonic_ns() is that clock on
+ * Linux). uvstall only reads it: at detection, as the stall's start when it
+ * is later than the last beat and not in the future (the loop was between
+ * callbacks then, so the stall began no earlier), and in
+ * uvstall_external_woken, as the stall's end. The word stays the host's: it
+ * must stay valid until uvstall_stop returns or this is called again with
+ * NULL. Returns 0 or UVSTALL_EINVAL (not an external watch). Any cost is the
+ * host's store per poll; uvstall adds none. */
+UVSTALL_EXTERN int uvstall_external_poll_clock(uvstall_t *h, const uint64_t *word);
 
 /* Attaches `key`=`value` (e.g. "route", "/api/users") to the watch, on its
  * loop's thread; reports of stalls that begin while it is set carry it in

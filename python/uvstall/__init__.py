@@ -27,6 +27,7 @@ import collections
 import ctypes
 import os
 import threading
+import time
 import weakref
 
 from . import _lib, _relay
@@ -252,6 +253,10 @@ class Watch:
         self._timer = None
         self._final = None
         self._interval_s = interval_ms / 1000.0
+        self._wake_fd = None       # the library's wake descriptor, while we read it
+        self._selector = None      # the selector whose select() we wrapped
+        self._select = None        # our wrapper
+        self._poll_clock = None    # the word it stores into (the library reads it)
 
         h = ctypes.c_void_p()
         rc = lib.start_external(ctypes.byref(opts), ctypes.byref(h))
@@ -274,6 +279,59 @@ class Watch:
             beat(h)
             self._timer = call_later(interval, tick)
         self._timer = call_later(interval, tick)
+        self._attach_bounds(loop, lib, h)
+
+    def _attach_bounds(self, loop, lib, h):
+        # Exact stall bounds (README, "Python"). The end: the library's wake
+        # descriptor, which its sentinel makes readable at detection (no GIL
+        # needed), read by the loop as soon as it polls again. The start: on a
+        # selector loop (the default asyncio loop), when its select() last
+        # returned, stored by a wrapper into a word the sentinel reads. uvloop
+        # has no select to wrap: its stalls start at the last beat.
+        if lib.external_wake_fd is None:
+            return  # an older library: stalls run from beat to beat
+        fd = lib.external_wake_fd(h)
+        if fd >= 0:
+            try:
+                loop.add_reader(fd, lib.external_woken, h)
+                self._wake_fd = fd
+            except Exception:
+                # No add_reader (a proactor loop, a loop of another kind):
+                # the next beat ends a stall; the watch itself goes on.
+                pass
+        sel = getattr(loop, "_selector", None)
+        inner = getattr(sel, "select", None)
+        if not callable(inner) or not _mono_is_clock_monotonic():
+            return
+        word = ctypes.c_uint64(0)
+        mono_ns = time.monotonic_ns
+
+        def select(timeout=None):
+            # The selector's own result or exception, unchanged; only the
+            # time it returned is kept (one 8-byte store).
+            events = inner(timeout)
+            word.value = mono_ns()
+            return events
+        try:
+            sel.select = select
+        except (AttributeError, TypeError):  # __slots__, or not a Python class
+            return
+        self._selector, self._select, self._poll_clock = sel, select, word
+        _check(lib, lib.external_poll_clock(h, ctypes.byref(word)))
+
+    def _detach_bounds(self):
+        # Before uvstall_stop, which closes the descriptor. A selector that
+        # was wrapped again since keeps our wrapper in its chain: it stores
+        # into our word (kept alive by the wrapper), which nothing reads.
+        fd, self._wake_fd = self._wake_fd, None
+        if fd is not None:
+            try:
+                self.loop.remove_reader(fd)
+            except (RuntimeError, ValueError, OSError):
+                pass  # a closed loop polls nothing
+        sel, select, self._selector, self._select = self._selector, self._select, None, None
+        if sel is not None and sel.__dict__.get("select") is select:
+            del sel.select
 
     @property
     def active(self):
@@ -306,6 +364,7 @@ class Watch:
             h, self._h = self._h, None
             if h is None:
                 return
+            self._detach_bounds()
             self._final = self._read_stats(h)
             rc = self._lib.stop(h)
         with _lock:
@@ -358,6 +417,18 @@ class Watch:
         state = "active" if self.active else (
             "already watched" if self.already_watched else "stopped")
         return "<uvstall.Watch %s %s>" % (self.name, state)
+
+
+_clock_checked = None
+
+
+def _mono_is_clock_monotonic():
+    # The poll clock must be the library's clock (CLOCK_MONOTONIC).
+    global _clock_checked
+    if _clock_checked is None:
+        info = time.get_clock_info("monotonic")
+        _clock_checked = "CLOCK_MONOTONIC)" in info.implementation
+    return _clock_checked
 
 
 def current():

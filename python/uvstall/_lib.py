@@ -15,7 +15,9 @@ Which functions hold the GIL while they run matters:
     the library can look up the calling thread's interpreter state for
     lang_frames; it never waits for our other threads.
   - uvstall_beat holds it too: it is a clock read and a few atomic stores,
-    and releasing and retaking the GIL would cost more than the call.
+    and releasing and retaking the GIL would cost more than the call; so
+    does uvstall_external_woken (the wake descriptor's read callback: one
+    non-blocking read and the same stores).
   - uvstall_stop and uvstall_get_stats release it (CDLL functions): stop
     may wait for the sentinel.
 The package never gives the library a callback into Python (see _relay.py).
@@ -126,6 +128,15 @@ class Lib:
         if hasattr(released, "uvstall_set_context"):
             self.set_context = fn(held, "uvstall_set_context", ctypes.c_int, ptr,
                                   ctypes.c_char_p, ctypes.c_char_p)
+        # Issue 15 adds the wake descriptor and the poll clock of external
+        # watches (exact stall bounds); without them a stall runs from beat
+        # to beat.
+        self.external_wake_fd = self.external_woken = self.external_poll_clock = None
+        if hasattr(released, "uvstall_external_wake_fd"):
+            self.external_wake_fd = fn(held, "uvstall_external_wake_fd", ctypes.c_int, ptr)
+            self.external_woken = fn(held, "uvstall_external_woken", None, ptr)
+            self.external_poll_clock = fn(held, "uvstall_external_poll_clock", ctypes.c_int,
+                                          ptr, ctypes.POINTER(ctypes.c_uint64))
 
     def message(self, rc):
         return self.strerror(rc).decode("utf-8", "replace")

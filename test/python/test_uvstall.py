@@ -784,6 +784,130 @@ class WatchApi(unittest.TestCase):
         self.assertLess(tick_us, 100)
 
 
+# ---------------------------------------------------------------- bounds
+
+def bounds_body(count, seconds):
+    """`count` stalls of time.sleep(seconds) in a callback; the app's own
+    times (time.monotonic) of each: "pre", the callback that schedules the
+    culprit (so the loop polls between the two); "start" and "end" of the
+    culprit; "next", the callback the culprit schedules as it ends."""
+    async def body(w):
+        loop = asyncio.get_running_loop()
+        windows = []
+        for _ in range(count):
+            await asyncio.sleep(0.08)
+            done = loop.create_future()
+            win = {}
+
+            def pre():
+                win["pre"] = time.monotonic()
+                loop.call_soon(culprit)
+
+            def culprit():
+                win["start"] = time.monotonic()
+                time.sleep(seconds)
+                win["end"] = time.monotonic()
+                loop.call_soon(nxt)
+
+            def nxt():
+                win["next"] = time.monotonic()
+                done.set_result(None)
+            loop.call_soon(pre)
+            await done
+            windows.append(win)
+        await asyncio.sleep(0.05)
+        return {"windows": windows, "fd": w._wake_fd}
+    return body
+
+
+class StallBounds(unittest.TestCase):
+    """A stall's bounds (stall_end's start_mono_ms and end_mono_ms, on the
+    clock of time.monotonic) against the culprit's own times. On the default
+    loop they are orderings of events on the loop's thread, which no load
+    changes: the start is after the loop left the poll before the culprit
+    (after "pre") and not after the culprit began; the end is not before the
+    culprit ended and not after the next callback ran. Tolerance: 0.002 ms
+    (records keep microseconds). uvloop: the end the same; the start is the
+    last beat, at most one interval before "pre" on an idle loop, plus 100
+    ms for a loaded machine's late beats."""
+
+    TOL_MS = 0.002
+    INTERVAL_MS = 20
+
+    def run_bounds(self, make_loop):
+        w, records, result = run_watched(make_loop, bounds_body(3, 0.25),
+                                         threshold_ms=100, interval_ms=self.INTERVAL_MS)
+        ends = sorted((r for r in records if r["type"] == "stall_end"),
+                      key=lambda r: r["stall_id"])
+        windows = result["windows"]
+        self.assertEqual(len(ends), len(windows), records)
+        self.assertIsNotNone(result["fd"], "no wake descriptor was watched")
+        validate(self, records)
+        for win, end in zip(windows, ends):
+            self.assertEqual(end["ended_by"], "loop", end)
+            ms = {k: v * 1e3 for k, v in win.items()}
+            SUMMARY.append(("%s: stall start - culprit start, end - culprit end (ms)" % records[0]["loop"],
+                            (round(end["start_mono_ms"] - ms["start"], 3),
+                             round(end["end_mono_ms"] - ms["end"], 3))))
+            self.assertGreaterEqual(end["end_mono_ms"], ms["end"] - self.TOL_MS, (win, end))
+            self.assertLessEqual(end["end_mono_ms"], ms["next"] + self.TOL_MS, (win, end))
+            self.assertLessEqual(end["start_mono_ms"], ms["start"] + self.TOL_MS, (win, end))
+        return w, windows, ends, result["fd"]
+
+    def test_default_loop_bounds_are_the_loops_own(self):
+        _, windows, ends, _ = self.run_bounds(asyncio.new_event_loop)
+        for win, end in zip(windows, ends):
+            self.assertGreaterEqual(end["start_mono_ms"], win["pre"] * 1e3 - self.TOL_MS,
+                                    (win, end))
+
+    def test_uvloop_end_is_exact_start_is_the_last_beat(self):
+        import uvloop  # python3-uvloop: required
+        _, windows, ends, _ = self.run_bounds(uvloop.new_event_loop)
+        for win, end in zip(windows, ends):
+            self.assertGreaterEqual(end["start_mono_ms"],
+                                    win["pre"] * 1e3 - self.INTERVAL_MS - 100, (win, end))
+
+    def test_hooks_leave_the_loop_as_they_found_it(self):
+        # While watched, the selector's select returns what the selector's
+        # own select returns and raises what it raises; after the stop the
+        # wrapper and the reader are gone. The same for a loop that was
+        # closed before the watch stopped.
+        import uvstall
+        loop = asyncio.new_event_loop()
+        sel = loop._selector
+        r, wfd = os.pipe()
+        w = None
+        try:
+            os.write(wfd, b"x")
+            loop.add_reader(r, lambda: None)
+            w = uvstall.watch(loop, on_report=lambda rec: None)
+            self.assertIn("select", sel.__dict__)
+            self.assertIn(w._wake_fd, sel.get_map())
+            got = sel.select(0)
+            own = type(sel).select(sel, 0)
+            self.assertEqual([(k.fd, ev) for k, ev in got], [(k.fd, ev) for k, ev in own])
+            self.assertIn(r, [k.fd for k, _ in got])
+            with self.assertRaises(TypeError):
+                sel.select("not a timeout")
+            fd = w._wake_fd
+            w.stop()
+            self.assertNotIn("select", sel.__dict__)
+            self.assertNotIn(fd, sel.get_map())
+            self.assertIn(r, sel.get_map())  # the host's reader stays
+            w = uvstall.watch(loop, on_report=lambda rec: None)
+            loop.remove_reader(r)
+            loop.close()
+            w.stop()
+            self.assertNotIn("select", sel.__dict__)
+        finally:
+            if w is not None:
+                w.stop()  # a failed check leaves no watch behind
+            os.close(r)
+            os.close(wfd)
+            if not loop.is_closed():
+                loop.close()
+
+
 class OtherInterpreter(unittest.TestCase):
     """A CPython that is not 3.11 ($UVSTALL_OTHER_PYTHON): the package still
     runs (standard library only) and native frames are reported; the
