@@ -6,10 +6,12 @@ and exceptions as without uvstall.
 
 Options (the C library's names; see `--help`) are checked before the
 program starts. Exit status 2 without running the program: bad options, or
-libuvstall.so.1 cannot be loaded.
+libuvstall.so.1 cannot be loaded. The UVSTALL_* variables of preload mode
+set the same options (see _env.py); a flag wins over a variable.
 """
 
 import argparse
+import ctypes
 import os
 import runpy
 import sys
@@ -23,6 +25,13 @@ EXAMPLES = """examples:
 Reports are JSON Lines on standard error (or --output-path), one "stall"
 record while the loop is blocked, with native frames and the Python frames
 of the blocked thread (lang_frames), and one "stall_end" when it is free.
+
+environment: the UVSTALL_* variables of preload mode set the option of the
+same name (UVSTALL_THRESHOLD_MS is --threshold-ms, UVSTALL_OUTPUT_PATH is
+--output-path with %p = the pid, UVSTALL_SIGNAL also takes names such as
+SIGUSR2); a flag wins over a variable, and a bad value gets one warning line
+and the default. Not read here: UVSTALL_METRICS_* (no metrics options yet)
+and UVSTALL_NO_CHILDREN (child processes are never watched).
 """
 
 # Ranges from include/uvstall/uvstall.h, checked here so that a bad option
@@ -137,7 +146,33 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     ours, module, rest = _split(argv)
     parser = _parser()
+    from . import _env, _lib
+    env_values, env_warnings = _env.read()
+    env_output = env_values.pop("output_path", None)
+    parser.set_defaults(**env_values)
     o = parser.parse_args(ours)
+    if o.output_path is None and env_output is not None:
+        # As preload mode does: a file that cannot be opened is said, and
+        # the reports go to stderr (a bad --output-path is an error).
+        try:
+            with open(env_output, "a"):
+                pass
+            o.output_path = env_output
+        except OSError:
+            env_warnings.append("uvstall: ignoring UVSTALL_OUTPUT_PATH=\"%s\": cannot open %s "
+                                "for appending; using the default, standard error" % (
+                                    _env.quote(os.environb[b"UVSTALL_OUTPUT_PATH"]),
+                                    _env.quote(os.fsencode(env_output))))
+    # Under preload mode the shim reads the metrics variables itself.
+    try:
+        ctypes.CDLL(_lib.SONAME, mode=os.RTLD_NOLOAD)
+    except OSError:
+        for name in _env.NOT_READ:
+            if os.environ.get(name):
+                env_warnings.append("uvstall: ignoring %s: python3 -m uvstall has no metrics "
+                                    "options (preload mode reads it)" % name)
+    for w in env_warnings:
+        sys.stderr.write(w + "\n")
     import uvstall
     try:
         lib = uvstall.library()

@@ -6,9 +6,9 @@ signal handlers fighting over one signal), so the copy already loaded — by
 preload mode's shim, or by a host program — always wins. Otherwise the
 lookup is: $UVSTALL_LIBRARY when it is set (a path, and then the only
 place looked at: the test suites point it at the build tree); else the
-libdir this package was installed with (written to _installed.py by
-`meson install`), then the soname through the dynamic linker's own search
-path.
+copy inside this package (a wheel's, from `pip install`); else the libdir
+this package was installed with (written to _installed.py by `meson
+install`), then the soname through the dynamic linker's own search path.
 
 Which functions hold the GIL while they run matters:
   - uvstall_start_external runs with the GIL held (a PyDLL function), so
@@ -148,6 +148,9 @@ def _candidates():
     if env:
         yield "$UVSTALL_LIBRARY", env
         return
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), SONAME)
+    if os.path.exists(here):
+        yield "the package's own copy", here
     try:
         from ._installed import LIBDIR
     except ImportError:

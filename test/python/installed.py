@@ -17,8 +17,8 @@ import subprocess
 import sys
 import tempfile
 
-MODULES = ("__init__.py", "__main__.py", "_autowatch.py", "_installed.py", "_lib.py",
-           "_relay.py")
+MODULES = ("__init__.py", "__main__.py", "_autowatch.py", "_env.py", "_installed.py",
+           "_lib.py", "_relay.py")
 
 
 def fail(msg):
