@@ -148,7 +148,11 @@ class UvloopCulprits(Base):
 
         files = [f for f in os.listdir(self.tmp) if re.match(r"stalls-\d+\.jsonl$", f)]
         self.assertEqual(len(files), 1, files)
-        for records in (read_jsonl(os.path.join(self.tmp, files[0])), read_jsonl(fixed)):
+        # The probed run's culprit measured its own length: its stall must
+        # match it. The other run's is only known when the test fixes it.
+        probed_ms = (events["end"]["time"] - events["start"]["time"]) * 1000
+        for records, known_ms in ((read_jsonl(os.path.join(self.tmp, files[0])), stall_ms),
+                                  (read_jsonl(fixed), probed_ms)):
             starts = [r for r in records if r["type"] == "start"]
             self.assertEqual(len(starts), 1, records)
             firsts = self.stalls_in(records, function)
@@ -166,11 +170,10 @@ class UvloopCulprits(Base):
             self.assertIn(want, lang)
             end = self.end_of(records, s["stall_id"])
             self.assertEqual(end["ended_by"], "loop")
-            if stall_ms is None:  # the machine decides how long parsing takes
-                self.assertGreaterEqual(end["duration_ms"], s["blocked_ms"])
-            else:
-                self.assertGreaterEqual(end["duration_ms"], stall_ms - EARLY_MS)
-                self.assertLessEqual(end["duration_ms"], stall_ms + LATE_MS)
+            self.assertGreaterEqual(end["duration_ms"], s["blocked_ms"])
+            if known_ms is not None:
+                self.assertGreaterEqual(end["duration_ms"], known_ms - EARLY_MS)
+                self.assertLessEqual(end["duration_ms"], known_ms + LATE_MS)
         # Reported during the stall, and how soon.
         s = self.stalls_in(read_jsonl(fixed), function)[0]
         self.assertGreater(wall(s), events["start"]["time"] - 0.002)
@@ -197,7 +200,10 @@ class UvloopCulprits(Base):
         def native(frames):
             self.assertIn(frames[0]["symbol"], ("read", "__libc_read", "__GI___libc_read"))
             self.assertTrue(frames[0]["module"].endswith("libc.so.6"))
-        self.culprit("read", "read_big_file", native, 320)
+        # A FIFO fed 1 MiB every 10 ms: at least 320 ms, and as long as the
+        # feeding thread is kept waiting on a loaded machine (seen: 470-700
+        # ms at load 10), so only the probed run's own measure bounds it.
+        self.culprit("read", "read_big_file", native, None)
 
 
 class MoreHosts(Base):
