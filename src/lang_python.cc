@@ -35,6 +35,8 @@
 #include <cstring>
 #include <string>
 
+#include "clock.h"
+#include "private_api.h"
 #include "python_reader.h"
 #include "watch.h"
 
@@ -199,7 +201,8 @@ class PythonFrames : public LangFrames {
       : py_(py), tstate_(tstate), interp_(interp), thread_id_(thread_id) {}
 
   LangSample dump() override {
-    const PyWalk w = python_walk(*py_->layout, py_->types, tstate_, interp_, thread_id_);
+    const PyWalk w = python_walk(*py_->layout, py_->types, tstate_, interp_, thread_id_,
+                                 kMaxPythonFrames, &cache_);
     LangSample s;
     s.frames = frames_json(w);
     s.reader = py_->reader;
@@ -212,6 +215,7 @@ class PythonFrames : public LangFrames {
   const Python *py_;
   uintptr_t tstate_, interp_;
   uint64_t thread_id_;
+  PyCodeCache cache_;  // the sentinel's alone (dump is never concurrent)
 };
 
 // A provider that reads nothing, for a CPython uvstall cannot read: every
@@ -260,3 +264,21 @@ std::shared_ptr<LangFrames> lang_frames_for_current_thread() {
 }
 
 }  // namespace uvstall::internal
+
+// ---- Private export (src/private_api.h) ----
+extern "C" int uvstall__lang_frames_bench(int iterations, double *first_ns, double *ns_per_read,
+                                          int *frames) {
+  using namespace uvstall::internal;
+  const std::shared_ptr<LangFrames> lang = lang_frames_for_current_thread();
+  if (lang == nullptr || iterations <= 0) return -1;
+  const uint64_t t = mono_ns();
+  LangSample s = lang->dump();
+  *first_ns = double(mono_ns() - t);
+  const uint64_t t0 = mono_ns();
+  for (int i = 0; i < iterations; ++i) s = lang->dump();
+  const uint64_t t1 = mono_ns();
+  if (!s.frames.is_array()) return -1;
+  *ns_per_read = double(t1 - t0) / iterations;
+  *frames = int(s.frames.size());
+  return 0;
+}

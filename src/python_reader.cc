@@ -30,6 +30,20 @@
 #include <cstring>
 
 namespace uvstall::internal {
+// The decoded parts of a code object, by its address. Valid only while the
+// object still holds the same name, file name and line table objects (and
+// first line): strs and bytes are immutable, so the same objects mean the
+// same text. A code object freed and another made at its address that holds
+// objects at the same three addresses, themselves freed and remade with other
+// text, would fool it: accepted, as three coincidences at once.
+struct CodeInfo {
+  uintptr_t name = 0, file = 0, lines = 0;
+  int first = 0;
+  std::string function, filename;
+  bool table_ok = false;
+  std::vector<uint8_t> table;
+};
+
 namespace {
 
 constexpr PyLayout kLayouts[] = {
@@ -73,26 +87,15 @@ void append_utf8(std::string *out, uint32_t cp) {
   }
 }
 
-// Reads the object at addr (want bytes; at least need of them) and checks
-// its type. False: unreadable or not of that type.
-bool read_object(const PyLayout &l, uintptr_t addr, uintptr_t type, uint8_t *buf, size_t want,
-                 size_t need, size_t *got = nullptr) {
-  if (!aligned(addr)) return false;
-  const size_t n = python_read(addr, buf, want);
-  if (got != nullptr) *got = n;
-  if (n < need || n < l.ob_type + sizeof(uintptr_t)) return false;
-  return field<uintptr_t>(buf, l.ob_type) == type;
-}
-
 // A str object as UTF-8 (compact ASCII, or compact with 1, 2 or 4 bytes a
 // character). False when it is not a readable, consistent str.
-bool read_str(const PyLayout &l, const PyTypes &t, uintptr_t addr, std::string *out) {
-  uint8_t buf[kStrChunkBytes];
-  size_t got = 0;
-  if (!read_object(l, addr, t.unicode, buf, sizeof buf, l.str_compact_size, &got)) {
-    // A short string near the end of a mapping: the ASCII header may be all there is.
-    if (got < l.str_ascii_size || field<uintptr_t>(buf, l.ob_type) != t.unicode) return false;
-  }
+// buf holds the got bytes read at addr (read_batch).
+bool read_str(const PyLayout &l, const PyTypes &t, uintptr_t addr, const uint8_t *buf, size_t got,
+              std::string *out) {
+  // A short string near the end of a mapping: the ASCII header may be all there is.
+  if (!aligned(addr) || got < l.str_ascii_size || got < l.ob_type + sizeof(uintptr_t) ||
+      field<uintptr_t>(buf, l.ob_type) != t.unicode)
+    return false;
   const int64_t length = field<int64_t>(buf, l.str_length);
   const uint32_t state = field<uint32_t>(buf, l.str_state);
   const uint32_t kind = (state >> l.str_kind_shift) & 7;
@@ -123,14 +126,21 @@ bool read_str(const PyLayout &l, const PyTypes &t, uintptr_t addr, std::string *
 }
 
 // A bytes object's contents (at most kMaxLineTableBytes).
-bool read_bytes(const PyLayout &l, const PyTypes &t, uintptr_t addr, std::vector<uint8_t> *out) {
-  uint8_t head[64];
-  if (l.bytes_sval > sizeof head) return false;
-  if (!read_object(l, addr, t.bytes, head, l.bytes_sval, l.bytes_sval)) return false;
-  const int64_t size = field<int64_t>(head, l.ob_size);
+// A bytes object's contents (at most kMaxLineTableBytes); buf holds the
+// got bytes read at addr (read_batch).
+bool read_bytes(const PyLayout &l, const PyTypes &t, uintptr_t addr, const uint8_t *buf, size_t got,
+                std::vector<uint8_t> *out) {
+  if (!aligned(addr) || got < l.bytes_sval || got < l.ob_type + sizeof(uintptr_t) ||
+      field<uintptr_t>(buf, l.ob_type) != t.bytes)
+    return false;
+  const int64_t size = field<int64_t>(buf, l.ob_size);
   if (size < 0 || size > int64_t(kMaxLineTableBytes)) return false;
   out->resize(size_t(size));
-  return size == 0 || python_read(addr + l.bytes_sval, out->data(), size_t(size)) == size_t(size);
+  if (l.bytes_sval + size_t(size) <= got) {
+    std::memcpy(out->data(), buf + l.bytes_sval, size_t(size));
+    return true;
+  }
+  return python_read(addr + l.bytes_sval, out->data(), size_t(size)) == size_t(size);
 }
 
 // The innermost frame's address (the chain's head), or false.
@@ -165,39 +175,78 @@ bool read_mark(const PyLayout &l, uintptr_t tstate, HeadMark *m) {
   if (!read_head(l, tstate, &m->head)) return false;
   if (m->head == 0) return true;
   // Unreadable fields stay 0: the walk says what is wrong with the frame.
-  python_read(m->head + l.fr_code, &m->code, sizeof m->code);
-  python_read(m->head + l.fr_back, &m->back, sizeof m->back);
+  uint8_t fr[kMaxStructBytes];
+  if (l.fr_size <= sizeof fr && python_read(m->head, fr, l.fr_size) == l.fr_size) {
+    m->code = field<uintptr_t>(fr, l.fr_code);
+    m->back = field<uintptr_t>(fr, l.fr_back);
+  }
   return true;
 }
 
+// One frame of the chain, as phase 1 of a walk found it.
+struct RawFrame {
+  uintptr_t code;
+  uintptr_t instr;  // prev_instr / instr_ptr (3.11+)
+  int lasti;        // f_lasti (3.8-3.10)
+};
+
+// Reads objects of size bytes at addrs into out (addrs.size() * size
+// bytes) with as few process_vm_readv calls as it can: one, unless an
+// object is unreadable (the call stops there; the rest is read as another
+// batch). got[i]: the bytes of object i read (fewer near an unmapped page).
+void read_batch(const std::vector<uintptr_t> &addrs, size_t size, uint8_t *out,
+                std::vector<size_t> *got) {
+  const size_t n = addrs.size();
+  got->assign(n, 0);
+  std::vector<iovec> remote(n);
+  for (size_t i = 0; i < n; ++i) remote[i] = {reinterpret_cast<void *>(addrs[i]), size};
+  for (size_t i = 0; i < n;) {
+    // IOV_MAX is 1024; at most 3 * kMaxPythonFrames objects are asked for.
+    iovec local{out + i * size, (n - i) * size};
+    const ssize_t r = process_vm_readv(getpid(), &local, 1, &remote[i], n - i, 0);
+    const size_t bytes = r <= 0 ? 0 : size_t(r);
+    const size_t whole = bytes / size;
+    for (size_t k = 0; k < whole; ++k) (*got)[i + k] = size;
+    if (i + whole < n) (*got)[i + whole] = bytes % size;  // where the call stopped
+    i += whole + 1;
+  }
+}
+
 // One walk from head; false with a reason when it stopped on a problem.
+// Phase 1 follows the frames (one read each), phase 2 reads their code
+// objects in one batch, phase 3 type-checks them and decodes names and
+// lines (from the cache when the code object is unchanged).
 bool walk_once(const PyLayout &l, const PyTypes &t, uintptr_t head, size_t max_frames,
-               PyWalk *w) {
+               PyCodeCache *cache, PyWalk *w) {
   std::vector<uintptr_t> seen;
+  std::vector<RawFrame> raw;
   uint8_t fr[kMaxStructBytes];
-  uint8_t co[kMaxStructBytes];
-  std::vector<uint8_t> table;
+  bool ok = true;
   for (uintptr_t f = head; f != 0;) {
-    if (w->frames.size() >= max_frames) {
+    if (raw.size() >= max_frames) {
       w->reason = "the stack is deeper than " + std::to_string(max_frames) + " frames: the innermost are shown";
-      return true;  // not a problem of the read: the frames are right
+      break;  // not a problem of the read: the frames are right
     }
     if (seen.size() > 4 * kMaxPythonFrames) {
       w->reason = "more than " + std::to_string(4 * kMaxPythonFrames) + " frames skipped";
-      return false;
+      ok = false;
+      break;
     }
     if (!aligned(f)) {
       w->reason = "a frame pointer is not aligned";
-      return false;
+      ok = false;
+      break;
     }
     if (std::find(seen.begin(), seen.end(), f) != seen.end()) {
       w->reason = "the frame chain has a cycle";
-      return false;
+      ok = false;
+      break;
     }
     seen.push_back(f);
     if (python_read(f, fr, l.fr_size) != l.fr_size) {
       w->reason = "a frame is not readable";
-      return false;
+      ok = false;
+      break;
     }
     const uintptr_t back = field<uintptr_t>(fr, l.fr_back);
     if (l.chain != kFrameObject && l.fr_owner_cstack >= 0 &&
@@ -205,43 +254,97 @@ bool walk_once(const PyLayout &l, const PyTypes &t, uintptr_t head, size_t max_f
       f = back;  // a shim the interpreter pushes for calls from C: no Python code
       continue;
     }
-    const uintptr_t code = field<uintptr_t>(fr, l.fr_code);
     if (l.chain == kFrameObject && t.frame != 0 && field<uintptr_t>(fr, l.ob_type) != t.frame) {
       w->reason = "a frame object fails its type check";
-      return false;
+      ok = false;
+      break;
     }
-    if (!read_object(l, code, t.code, co, l.co_size, l.co_size)) {
+    RawFrame rf;
+    rf.code = field<uintptr_t>(fr, l.fr_code);
+    rf.instr = l.chain == kFrameObject ? 0 : field<uintptr_t>(fr, l.fr_instr);
+    rf.lasti = l.chain == kFrameObject ? field<int32_t>(fr, l.fr_instr) : 0;
+    raw.push_back(rf);
+    f = back;
+  }
+
+  std::vector<uintptr_t> addrs(raw.size());
+  for (size_t i = 0; i < raw.size(); ++i) addrs[i] = raw[i].code;
+  std::vector<uint8_t> codes(raw.size() * l.co_size);
+  std::vector<size_t> got;
+  read_batch(addrs, l.co_size, codes.data(), &got);
+  // The code objects that type-check, up to the first that does not.
+  size_t good = 0;
+  while (good < raw.size() && aligned(raw[good].code) && got[good] == l.co_size &&
+         field<uintptr_t>(codes.data() + good * l.co_size, l.ob_type) == t.code)
+    ++good;
+  // The names, file names and line tables of those not in the cache (or
+  // changed), in one more batch.
+  std::vector<CodeInfo *> infos(good);
+  std::vector<CodeInfo> fresh(cache == nullptr ? good : 0);
+  std::vector<size_t> missing;
+  addrs.clear();
+  for (size_t i = 0; i < good; ++i) {
+    const uint8_t *co = codes.data() + i * l.co_size;
+    const uintptr_t name = field<uintptr_t>(co, l.co_qualname != 0 ? l.co_qualname : l.co_name);
+    const uintptr_t file = field<uintptr_t>(co, l.co_filename);
+    const uintptr_t lines = field<uintptr_t>(co, l.co_lines);
+    const int first = field<int32_t>(co, l.co_firstlineno);
+    CodeInfo *ci = cache != nullptr ? cache->find(raw[i].code) : nullptr;
+    if (ci == nullptr || ci->name != name || ci->file != file || ci->lines != lines ||
+        ci->first != first) {
+      ci = cache != nullptr ? cache->put(raw[i].code) : &fresh[i];
+      *ci = CodeInfo();
+      ci->name = name;
+      ci->file = file;
+      ci->lines = lines;
+      ci->first = first;
+      missing.push_back(i);
+      addrs.insert(addrs.end(), {name, file, lines});
+    }
+    infos[i] = ci;
+  }
+  std::vector<uint8_t> parts(addrs.size() * kStrChunkBytes);
+  read_batch(addrs, kStrChunkBytes, parts.data(), &got);
+  for (size_t m = 0; m < missing.size(); ++m) {
+    CodeInfo *ci = infos[missing[m]];
+    const uint8_t *p = parts.data() + 3 * m * kStrChunkBytes;
+    if (!read_str(l, t, ci->name, p, got[3 * m], &ci->function)) ci->function.clear();
+    if (!read_str(l, t, ci->file, p + kStrChunkBytes, got[3 * m + 1], &ci->filename))
+      ci->filename.clear();
+    ci->table_ok = read_bytes(l, t, ci->lines, p + 2 * kStrChunkBytes, got[3 * m + 2], &ci->table);
+  }
+  for (size_t i = 0; i < raw.size(); ++i) {
+    if (i == good) {
       w->reason = "a frame's code object fails its type check";
       return false;
     }
+    const uint8_t *co = codes.data() + i * l.co_size;
+    const uintptr_t code = raw[i].code;
+    const CodeInfo *ci = infos[i];
+    const int first = ci->first;
     PyFrameRead out;
-    const uintptr_t name = field<uintptr_t>(co, l.co_qualname != 0 ? l.co_qualname : l.co_name);
-    if (!read_str(l, t, name, &out.function)) out.function.clear();
-    if (!read_str(l, t, field<uintptr_t>(co, l.co_filename), &out.file)) out.file.clear();
-    const int first = field<int32_t>(co, l.co_firstlineno);
+    out.function = ci->function;
+    out.file = ci->filename;
     long addr;  // byte offset of the instruction the frame is at
+    bool known = true;
     if (l.chain == kFrameObject) {
-      const int lasti = field<int32_t>(fr, l.fr_instr);
-      addr = l.lines == kLinetable310 ? 2L * lasti : lasti;  // 3.10 counts code units
+      addr = l.lines == kLinetable310 ? 2L * raw[i].lasti : raw[i].lasti;  // 3.10 counts code units
     } else {
-      const uintptr_t instr = field<uintptr_t>(fr, l.fr_instr);
       const int64_t units = field<int64_t>(co, l.ob_size);  // code units of instructions
-      const long off = long(instr) - long(code + l.co_code_adaptive);
-      addr = off >= -2 && off < 2 * units ? off : -1000;   // -2: not started yet
-      if (addr == -1000) out.line = -2;                    // outside its code: unknown
+      addr = long(raw[i].instr) - long(code + l.co_code_adaptive);
+      known = addr >= -2 && addr < 2 * units;  // -2: not started yet
     }
-    if (out.line != -2) {
-      if (addr < 0) {
-        out.line = first;  // not started: the def line, as CPython says
-      } else if (read_bytes(l, t, field<uintptr_t>(co, l.co_lines), &table)) {
-        out.line = python_line(l.lines, table.data(), table.size(), first, addr);
-      }
+    if (!known) {
+      out.line = -1;  // outside its code: unknown
+    } else if (addr < 0) {
+      out.line = first;  // not started: the def line, as CPython says
+    } else if (ci->table_ok) {
+      out.line = python_line(l.lines, ci->table.data(), ci->table.size(), first, addr);
     }
     if (out.line < 0) out.line = -1;
     w->frames.push_back(std::move(out));
-    f = back;
   }
-  return true;
+  return ok;
 }
 
 // The location table's variable-length integers (6 bits a byte, 0x40 = more).
@@ -333,8 +436,23 @@ int python_line(PyLineFormat f, const uint8_t *p, size_t n, int first, long addr
   return -1;
 }
 
+CodeInfo *PyCodeCache::find(uintptr_t code) {
+  auto it = map_.find(code);
+  return it == map_.end() ? nullptr : it->second.get();
+}
+
+CodeInfo *PyCodeCache::put(uintptr_t code) {
+  if (map_.size() >= kMaxEntries) map_.clear();  // bounded: start again
+  auto &slot = map_[code];
+  if (slot == nullptr) slot = std::make_unique<CodeInfo>();
+  return slot.get();
+}
+
+PyCodeCache::PyCodeCache() = default;
+PyCodeCache::~PyCodeCache() = default;
+
 PyWalk python_walk(const PyLayout &l, const PyTypes &t, uintptr_t tstate, uintptr_t expect_interp,
-                   uint64_t expect_thread_id, size_t max_frames) {
+                   uint64_t expect_thread_id, size_t max_frames, PyCodeCache *cache) {
   PyWalk w;
   if (l.fr_size > kMaxStructBytes || l.co_size > kMaxStructBytes || l.str_compact_size > 256 ||
       max_frames > kMaxPythonFrames) {
@@ -365,7 +483,7 @@ PyWalk python_walk(const PyLayout &l, const PyTypes &t, uintptr_t tstate, uintpt
       return w;
     }
     PyWalk one;
-    const bool ok = walk_once(l, t, before.head, max_frames, &one);
+    const bool ok = walk_once(l, t, before.head, max_frames, cache, &one);
     if (!read_mark(l, tstate, &after)) {
       w.reason = "the thread state's frame pointer is not readable";
       return w;

@@ -5,7 +5,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace uvstall::internal {
@@ -73,13 +75,30 @@ constexpr size_t kMaxPythonFrames = 100;
 // Names and file names longer than this many characters end in "...".
 constexpr size_t kMaxPythonNameChars = 500;
 
+// Names, file names and line tables of the code objects met, by address,
+// so that a stall sampled again does not read them again (the code object
+// itself is read and compared each time). Owned by one reader; not
+// thread-safe.
+struct CodeInfo;
+class PyCodeCache {
+ public:
+  PyCodeCache();
+  ~PyCodeCache();
+  CodeInfo *find(uintptr_t code);
+  CodeInfo *put(uintptr_t code);
+
+ private:
+  static constexpr size_t kMaxEntries = 4096;
+  std::unordered_map<uintptr_t, std::unique_ptr<CodeInfo>> map_;
+};
+
 // Walks the frame chain of the thread state at tstate. Every read goes
 // through process_vm_readv on this process, so no address can fault;
 // nothing of the interpreter's is called. expect_interp and expect_thread_id
 // (0: unchecked) are compared with the thread state's fields first.
 PyWalk python_walk(const PyLayout &l, const PyTypes &t, uintptr_t tstate,
                    uintptr_t expect_interp, uint64_t expect_thread_id,
-                   size_t max_frames = kMaxPythonFrames);
+                   size_t max_frames = kMaxPythonFrames, PyCodeCache *cache = nullptr);
 
 // Reads n bytes at addr of this process without faulting; the number of
 // bytes read (fewer when part of the range is not mapped readable).
