@@ -125,7 +125,6 @@ bool read_str(const PyLayout &l, const PyTypes &t, uintptr_t addr, const uint8_t
   return true;
 }
 
-// A bytes object's contents (at most kMaxLineTableBytes).
 // A bytes object's contents (at most kMaxLineTableBytes); buf holds the
 // got bytes read at addr (read_batch).
 bool read_bytes(const PyLayout &l, const PyTypes &t, uintptr_t addr, const uint8_t *buf, size_t got,
@@ -368,6 +367,32 @@ bool svarint(const uint8_t *p, size_t n, size_t *i, int *v) {
   return true;
 }
 
+// Every field read lies inside the bytes read for its object, and those
+// fit the buffers: a table that says otherwise (made by hand, cut short)
+// is refused before any read.
+bool layout_usable(const PyLayout &l) {
+  const auto in = [](uint32_t off, size_t width, size_t size) { return off + width <= size; };
+  const size_t p = sizeof(uintptr_t);
+  if (l.fr_size > kMaxStructBytes || l.co_size > kMaxStructBytes ||
+      l.str_compact_size > kStrChunkBytes || l.bytes_sval > kStrChunkBytes ||
+      l.str_ascii_size > l.str_compact_size)
+    return false;
+  if (!in(l.fr_back, p, l.fr_size) || !in(l.fr_code, p, l.fr_size) ||
+      !in(l.fr_instr, p, l.fr_size) || !in(l.fr_owner, 1, l.fr_size) || !in(l.ob_type, p, l.fr_size))
+    return false;
+  if (!in(l.ob_type, p, l.co_size) || !in(l.ob_size, 8, l.co_size) ||
+      !in(l.co_filename, p, l.co_size) || !in(l.co_name, p, l.co_size) ||
+      !in(l.co_qualname, p, l.co_size) || !in(l.co_firstlineno, 4, l.co_size) ||
+      !in(l.co_lines, p, l.co_size))
+    return false;
+  if (!in(l.ob_type, p, l.str_ascii_size) || !in(l.str_length, 8, l.str_ascii_size) ||
+      !in(l.str_state, 4, l.str_ascii_size) || !in(l.ob_size, 8, l.bytes_sval) ||
+      !in(l.ob_type, p, l.bytes_sval))
+    return false;
+  return l.str_kind_shift >= 0 && l.str_kind_shift <= 29 && l.str_compact_bit >= 0 &&
+         l.str_compact_bit < 32 && l.str_ascii_bit >= 0 && l.str_ascii_bit < 32;
+}
+
 }  // namespace
 
 const PyLayout *python_layout(int major, int minor) {
@@ -454,8 +479,7 @@ PyCodeCache::~PyCodeCache() = default;
 PyWalk python_walk(const PyLayout &l, const PyTypes &t, uintptr_t tstate, uintptr_t expect_interp,
                    uint64_t expect_thread_id, size_t max_frames, PyCodeCache *cache) {
   PyWalk w;
-  if (l.fr_size > kMaxStructBytes || l.co_size > kMaxStructBytes || l.str_compact_size > 256 ||
-      max_frames > kMaxPythonFrames) {
+  if (!layout_usable(l) || max_frames > kMaxPythonFrames) {
     w.reason = "the layout table is not one this reader can use";
     return w;
   }

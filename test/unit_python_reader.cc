@@ -252,6 +252,14 @@ TEST_SUITE("python reader") {
     huge.fr_size = 1 << 20;
     CHECK(python_walk(huge, f.types, ts, 0x1000, 42).reason ==
           "the layout table is not one this reader can use");
+    // Offsets past the bytes read for their object (a table cut short).
+    for (uint32_t PyLayout::*field : {&PyLayout::fr_back, &PyLayout::co_filename,
+                                      &PyLayout::str_length, &PyLayout::ob_size}) {
+      PyLayout cut = f.l;
+      cut.*field = 4000;
+      CHECK(python_walk(cut, f.types, ts, 0x1000, 42).reason ==
+            "the layout table is not one this reader can use");
+    }
     // Another version's table on this memory: every offset is off. The
     // walk must end early with a reason and show no frame of garbage.
     for (const auto &mm : {std::pair<int, int>{3, 8}, {3, 10}, {3, 11}, {3, 13}}) {
