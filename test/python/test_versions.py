@@ -14,7 +14,9 @@ apps/versions.py runs twice, under `python -m uvstall` and with
 uvstall.watch() in its code; for each culprit (time.sleep, json.loads, a
 pure-Python loop) a stall record must be made while the culprit still
 blocks, and its lang_frames must name the culprit's function, file and the
-line of its "# BLOCKS:" mark, read by "cpython-nofault 3.X".
+line of its "# BLOCKS:" mark, read by "cpython-nofault 3.X". A loop of
+Python calls (a stack that moves while read) may instead have no frames
+and a lang_reason; frames it has must include that line too.
 """
 
 import glob
@@ -100,14 +102,16 @@ def check(version, mode, windows, records, lines, failures):
         want = ("culprit_" + name, "versions.py", line)
         got = [(f.get("function"), os.path.basename(f.get("file") or ""), f.get("line"))
                for f in r.get("lang_frames") or []]
-        ok = reader.startswith("cpython-nofault %s." % version) and want in got
+        # A stack that kept moving (the calls culprit): no frames, and it says so.
+        moving = name == "calls" and not got and bool(r.get("lang_reason"))
+        ok = reader.startswith("cpython-nofault %s." % version) and (want in got or moving)
         print("%-8s %-5s %s reader=%r frames=%d reason=%r %s" % (
             mode, name, "ok  " if ok else "FAIL", reader, len(got), r.get("lang_reason"),
             got[:3]))
         if not reader.startswith("cpython-nofault %s." % version):
             failures.append("%s %s: lang_reader %r is not cpython-nofault %s" % (
                 mode, name, reader, version))
-        if want not in got:
+        if want not in got and not moving:
             failures.append("%s %s: %s not in lang_frames %s (reason %r)" % (
                 mode, name, want, got, r.get("lang_reason")))
 

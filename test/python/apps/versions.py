@@ -1,7 +1,8 @@
 """The culprits of the per-version tests (test_versions.py), in a program
 every CPython from 3.8 on runs: the default asyncio loop, blocked by
-time.sleep in a handler, json.loads of a big document, and a CPU-bound
-pure-Python loop.
+time.sleep in a handler, json.loads of a big document, a CPU-bound
+pure-Python loop, and a loop of Python calls (a stack that changes all the
+time while it is read).
 
     versions.py launcher            (under python -m uvstall)
     versions.py watch OUTPUT_PATH   (uvstall.watch() in the code)
@@ -37,7 +38,20 @@ async def culprit_cpu(until):
     return n
 
 
-CULPRITS = {"sleep": culprit_sleep, "json": culprit_json, "cpu": culprit_cpu}
+def tiny(n):
+    return n + 1
+
+
+async def culprit_calls(until):
+    # Pushes and pops a Python frame millions of times a second while the
+    # sentinel reads the stack.
+    n = 0
+    while time.monotonic() < until: n = tiny(n)  # BLOCKS: calls
+    return n
+
+
+CULPRITS = {"sleep": culprit_sleep, "json": culprit_json, "cpu": culprit_cpu,
+            "calls": culprit_calls}
 
 
 async def main(output_path):
