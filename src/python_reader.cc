@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 namespace uvstall::internal {
@@ -329,9 +330,13 @@ bool walk_once(const PyLayout &l, const PyTypes &t, uintptr_t head, size_t max_f
     if (l.chain == kFrameObject) {
       addr = l.lines == kLinetable310 ? 2L * raw[i].lasti : raw[i].lasti;  // 3.10 counts code units
     } else {
+      // Unsigned arithmetic until the pointer is known to be inside the
+      // code: garbage must not overflow a signed subtraction.
       const int64_t units = field<int64_t>(co, l.ob_size);  // code units of instructions
-      addr = long(raw[i].instr) - long(code + l.co_code_adaptive);
-      known = addr >= -2 && addr < 2 * units;  // -2: not started yet
+      const uintptr_t base = code + l.co_code_adaptive, instr = raw[i].instr;
+      known = units > 0 && units <= (int64_t(1) << 28) && instr + 2 >= base &&
+              instr < base + 2 * uint64_t(units);  // base - 2: not started yet
+      addr = known ? long(instr - (base - 2)) - 2 : 0;
     }
     if (!known) {
       out.line = -1;  // outside its code: unknown
@@ -410,8 +415,12 @@ size_t python_read(uintptr_t addr, void *out, size_t n) {
   return r < 0 ? 0 : size_t(r);
 }
 
-int python_line(PyLineFormat f, const uint8_t *p, size_t n, int first, long addr) {
-  int line = first;
+namespace {
+
+// python_line in a long: a garbage table's deltas (at most 64 KiB of them,
+// each below 2^31) cannot overflow it.
+long python_line_long(PyLineFormat f, const uint8_t *p, size_t n, int first, long addr) {
+  long line = first;
   long start = 0, end = 0;
   if (f == kLnotab) {  // CPython 3.8/3.9 PyCode_Addr2Line
     for (size_t i = 0; i + 1 < n; i += 2) {
@@ -459,6 +468,13 @@ int python_line(PyLineFormat f, const uint8_t *p, size_t n, int first, long addr
     if (start <= addr && addr < end) return has_line ? line : -1;
   }
   return -1;
+}
+
+}  // namespace
+
+int python_line(PyLineFormat f, const uint8_t *p, size_t n, int first, long addr) {
+  const long line = python_line_long(f, p, n, first, addr);
+  return line >= 0 && line <= INT32_MAX ? int(line) : -1;
 }
 
 CodeInfo *PyCodeCache::find(uintptr_t code) {
