@@ -19,6 +19,14 @@ UVSTALL_EXTERN void uvstall__set_paused(uvstall_t *h, int paused);
  * for an external watch). */
 UVSTALL_EXTERN int uvstall__handles(const uvstall_t *h, uv_handle_t *out[2]);
 
+/* Benchmark of the frames provider (bench/python_frames.py): reads the
+ * calling thread's interpreter frames 1 + `iterations` times with one new
+ * provider, the way the sentinel reads a stalled thread's; stores the time
+ * of the first read (nothing cached), the mean of the others, and the
+ * frames of the last. 0, or -1 when the thread has no readable frames. */
+UVSTALL_EXTERN int uvstall__lang_frames_bench(int iterations, double *first_ns, double *ns_per_read,
+                                              int *frames);
+
 #ifdef __cplusplus
 }
 #endif

@@ -158,7 +158,9 @@ nlohmann::ordered_json stall_record(const LoopIdentity &who, uint64_t wall_ns, c
     frames.push_back(std::move(fr));
   }
   r["frames"] = std::move(frames);
-  if (!s.lang_frames.is_null()) r["lang_frames"] = s.lang_frames;
+  if (!s.lang.frames.is_null()) r["lang_frames"] = s.lang.frames;
+  if (!s.lang.reader.empty()) r["lang_reader"] = s.lang.reader;
+  if (!s.lang.reason.empty()) r["lang_reason"] = s.lang.reason;
   return r;
 }
 

@@ -38,6 +38,18 @@ const std::string &run_id();
 
 nlohmann::ordered_json start_record(const LoopIdentity &who, const Config &cfg, int signal);
 
+// What a frames provider (LangFrames, src/watch.h) read of the stalled
+// thread's interpreter: "lang_frames", "lang_reader", "lang_reason".
+struct LangSample {
+  // {"lang","function","file","line"} innermost first; null: none read.
+  nlohmann::ordered_json frames;
+  // Which reader took them (or refused to), e.g. "cpython-nofault 3.12.1
+  // (table 3.12)"; empty: no provider.
+  std::string reader;
+  // Why there are no frames, or fewer than the thread has; empty: complete.
+  std::string reason;
+};
+
 // One stall sample.
 struct StallSample {
   uint64_t stall_id = 0;
@@ -48,9 +60,9 @@ struct StallSample {
   double handler_us = -1;      // < 0: not captured
   bool truncated = false;
   std::vector<ResolvedFrame> frames;
-  // Interpreter frames of the stalled thread ("lang_frames"), innermost
-  // first; null when the thread runs no interpreter uvstall can read.
-  nlohmann::ordered_json lang_frames;
+  // Interpreter frames of the stalled thread; empty when the thread runs
+  // no interpreter uvstall knows.
+  LangSample lang;
   uint32_t sample = 0;             // 0 for the first record of a stall
   const char *cause = nullptr;     // cpu | syscall | runqueue | paused | unknown
   nlohmann::ordered_json thread;   // thread state object, or null

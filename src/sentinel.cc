@@ -212,10 +212,10 @@ void add_thread_state(Watch *w, StallSample *s, uint64_t now) {
 void emit_stall(Watch *w, StallSample &s) {
   if (w->lang != nullptr) {
     std::lock_guard<std::mutex> lock(w->mu);
-    if (!w->stopped) s.lang_frames = w->lang->dump();
+    if (!w->stopped) s.lang = w->lang->dump();
   }
   if (w->s.fingerprint.empty()) {
-    w->s.fingerprint = stall_fingerprint(s.frames, s.lang_frames);
+    w->s.fingerprint = stall_fingerprint(s.frames, s.lang.frames);
     for (const auto &f : s.frames) {
       if (f.module != nullptr && !module_is_skipped(f.module->path) && !f.symbol.empty()) {
         w->s.culprit = f.symbol;

@@ -24,13 +24,14 @@
 namespace uvstall::internal {
 
 // Frames of an interpreter running on the watched thread (CPython today),
-// read by the sentinel while the thread is stalled.
+// read by the sentinel while the thread is stalled: one provider per
+// runtime, made at watch start on the loop thread.
 class LangFrames {
  public:
   virtual ~LangFrames() = default;
-  // An array of {"lang","function","file","line"}, innermost first; null
-  // when nothing could be read. Called on the sentinel, never concurrently.
-  virtual nlohmann::ordered_json dump() = 0;
+  // The frames read now, the reader's name, and why frames are missing
+  // (LangSample, src/report.h). Called on the sentinel, never concurrently.
+  virtual LangSample dump() = 0;
 };
 // A reader for the calling thread's interpreter, or null (src/lang_python.cc).
 std::shared_ptr<LangFrames> lang_frames_for_current_thread();

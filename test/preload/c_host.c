@@ -10,8 +10,9 @@
  *   kill   like stall, then kills itself with SIGTERM.
  *
  * Built a second time with UVSTALL_FAKE_PYTHON: it then exports
- * Py_GetVersion() = "3.12.1 ...", so uvstall takes it for a CPython that is
- * not 3.11 (lang_frames absent, said once).
+ * Py_GetVersion() = "3.12.1 ..." and no other CPython symbol, so uvstall
+ * refuses its frames reader (lang_frames absent, lang_reason says why, said
+ * once on stderr).
  */
 #include <errno.h>
 #include <signal.h>

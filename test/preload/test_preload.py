@@ -308,8 +308,8 @@ class MoreHosts(Base):
         self.assertLessEqual(d, 300 + LATE_MS)
 
     def test_another_cpython_version_gets_native_frames_and_one_line(self):
-        # A host that exports Py_GetVersion() = "3.12.1 ...": a CPython
-        # uvstall does not read.
+        # A host that exports Py_GetVersion() = "3.12.1 ..." and nothing
+        # else of CPython's: the reader is refused, and says why.
         plain = self.run_cmd([C_HOST_FAKEPY, "stall"])
         out = os.path.join(self.tmp, "s.jsonl")
         watched = self.run_cmd([C_HOST_FAKEPY, "stall"], uvstall=["-o", out])
@@ -317,9 +317,11 @@ class MoreHosts(Base):
         lines = watched.stderr.splitlines()
         self.assertEqual(len(lines), 1, lines)
         self.assertIn("no lang_frames", lines[0])
-        self.assertIn("CPython 3.12.1 is not 3.11", lines[0])
+        self.assertIn("CPython 3.12.1", lines[0])
         s = self.stalls_in(read_jsonl(out), "c_host_blocking_sleep")[0]
         self.assertNotIn("lang_frames", s)
+        self.assertTrue(s["lang_reader"].startswith("cpython-nofault 3.12.1"), s)
+        self.assertIn("does not export", s["lang_reason"])
 
     def test_death_by_signal_is_passed_on(self):
         plain = self.run_cmd([C_HOST, "kill"])

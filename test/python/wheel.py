@@ -28,6 +28,8 @@ import tempfile
 import time
 import zipfile
 
+import pythons
+
 DEBIAN_PY = "/usr/bin/python3"
 MIN_PYTHON = (3, 6)  # requires-python in pyproject.toml
 PATH = "/usr/bin:/bin"
@@ -153,6 +155,7 @@ def run_app(label, py, wheel, tmp, app):
 
 def main():
     source, versions_dir, app = sys.argv[1:4]
+    versions_dir = pythons.versions_dir(versions_dir)
     has_mesonpy = subprocess.run([DEBIAN_PY, "-c", "import mesonpy"],
                                  capture_output=True).returncode == 0
     if not has_mesonpy:
