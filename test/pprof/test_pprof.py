@@ -203,10 +203,27 @@ class DemoCulprits(unittest.TestCase):
         cls.recs = records(*DEMO_RUNS)
         cls.groups, cls.ends = stalls_by_id(cls.recs)
 
+    def shares(self):
+        """(record, ms) for every stall record, as docs/pprof.md defines a
+        sample: record k covers from record k-1's blocked_ms (0) to its own,
+        the last one to the stall's duration; a timed-out capture whose
+        stack came late is the late record."""
+        for key, group in self.groups.items():
+            late = {r.get("sample") for r in group if r["capture"] == "late"}
+            kept = sorted((r for r in group
+                           if not (r["capture"] == "timeout" and r.get("sample") in late)),
+                          key=lambda r: r["blocked_ms"])
+            end = duration(key, group, self.ends)
+            previous = 0.0
+            for i, r in enumerate(kept):
+                bound = end if i == len(kept) - 1 else min(r["blocked_ms"], end)
+                yield r, bound - previous
+                previous = bound
+
     def expected_ms(self, culprit):
-        """The durations of the stalls whose stack holds the culprit."""
-        return sum(duration(key, group, self.ends) for key, group in self.groups.items()
-                   if any(f.get("symbol") == culprit for r in group for f in r["frames"]))
+        """The time of the stall records whose stack holds the culprit."""
+        return sum(ms for r, ms in self.shares()
+                   if any(f.get("symbol") == culprit for f in r["frames"]))
 
     def test_each_culprit_with_its_blocked_time(self):
         # Stalls sampled more than once: their records share the time.
