@@ -199,6 +199,7 @@ class Builder:
         # Each distinct stack (location ids, innermost first) -> (innermost,
         # outermost) index of its program's frames, None if it has none.
         self._stacks = {}
+        self._native_stacks = {}  # ids of a record's Frame objects -> stack()
         self._location_names = {}  # location id -> simplified function names
 
     # ---- tables ----
@@ -308,6 +309,17 @@ class Builder:
 
     def stack(self, record):
         """Location ids of a record, innermost first (module comment)."""
+        if record.lang_frames or not record.frames:
+            return self._stack(record)
+        # Records that share their frames (reports.parse_line's frame cache:
+        # long logs repeat a few stacks) share their stack.
+        key = tuple(map(id, record.frames))
+        ids = self._native_stacks.get(key)
+        if ids is None:
+            ids = self._native_stacks[key] = self._stack(record)
+        return ids
+
+    def _stack(self, record):
         native = [self.native_location(f) for f in record.frames]
         if record.lang_frames:
             lang = [(self.lang_location(lf), False) for lf in record.lang_frames]
@@ -336,7 +348,6 @@ class Builder:
             kept = [i for i, (_, runtime) in enumerate(entries) if not runtime]
             self._stacks[ids] = (kept[0], kept[-1]) if kept else None
         return list(ids)
-        return [lid for lid, _ in entries]
 
     def add_sample(self, locations, count, nanoseconds, labels):
         sample = self.p.sample.add()

@@ -343,7 +343,10 @@ def main(argv=None, script_dir=None):
             return EXIT_USAGE
 
     diag = Diagnostics()
-    names, records = read_inputs(args.inputs, diag)
+    # --pprof shares equal frames between records (reports.parse_line): a
+    # frame is then turned into a pprof location once, not once per record.
+    names, records = read_inputs(args.inputs, diag,
+                                 frame_cache={} if args.mode == "pprof" else None)
     diag.bad_lines_total()
     stalls = [r for r in records if r.is_stall]
 
