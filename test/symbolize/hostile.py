@@ -110,5 +110,24 @@ def cases():
     ]
 
 
+def check_diagnostics(test, result, bad, prog="uvstall-symbolize"):
+    """What a user sees of a hostile case on stderr, for a unittest
+    TestCase: no traceback; exit status 1 when lines were skipped, else 0;
+    at most 11 lines, the last counting the skipped lines (the first ten
+    named, each ending "; line skipped"); nothing at all for clean input."""
+    err = result.stderr.decode("utf-8", "replace")
+    test.assertNotIn("Traceback", err)
+    test.assertEqual(result.returncode, 1 if bad else 0, err[-2000:])
+    lines = err.splitlines()
+    test.assertLessEqual(len(lines), 11, err[-2000:])
+    if bad:
+        test.assertEqual(lines[-1], "%s: %d bad line%s skipped%s" % (
+            prog, bad, "" if bad == 1 else "s",
+            " (the first 10 named above)" if bad > 10 else ""))
+        test.assertTrue(all(l.endswith("; line skipped") for l in lines[:-1]), lines)
+    else:
+        test.assertEqual(err, "")
+
+
 def empty_case():
     return ("empty file", b"", 0, 0)

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from . import locate, render, reports, skiplist, stacks
+from . import locate, pprof, render, reports, skiplist, stacks
 from .symbolizer import BACKENDS, Symbolizer, SymbolizerError
 
 PROG = "uvstall-symbolize"
@@ -33,6 +33,9 @@ examples:
       collapsed stacks weighted by stall ms, for any flame-graph tool
   tail -n 1000 stalls.jsonl | uvstall-symbolize --json > symbolized.jsonl
       the same records, each frame with function, file, line and inlined
+  uvstall-symbolize --pprof stalls.pb.gz host1/*.jsonl host2/*.jsonl
+      one pprof profile of every stall (blocked ns, stall count, labels);
+      then: go tool pprof -top stalls.pb.gz (docs/pprof.md)
 
 lookup order for a module (each file checked by build-id): the module path in
 the report; DIR/.build-id/xx/rest.debug for each --debug-dir, then
@@ -44,7 +47,8 @@ exit status:
   1  output was written, but some lines were skipped (not JSON, not an
      object, broken frames) or some modules could not be looked up (missing,
      build-id mismatch, symbolizer failure); stderr says which, by line
-  2  usage error: bad option, unreadable input file or skip list
+  2  usage error: bad option, unreadable input file or skip list; --pprof
+     without its packages (the one line names them), or OUT not writable
 """
 
 
@@ -222,14 +226,21 @@ def parse_args(argv):
                       help="top culprit functions across all stalls: count, total and max ms")
     mode.add_argument("--folded", dest="mode", action="store_const", const="folded",
                       help="collapsed stacks 'a;b;c weight', weighted by stall ms")
+    mode.add_argument("--pprof", metavar="OUT",
+                      help="write one gzipped pprof profile of all stalls to OUT ('-': "
+                           "stdout); needs python3-protobuf, protobuf-compiler and "
+                           "golang-github-google-pprof-dev (docs/pprof.md)")
     add_lookup_arguments(p)
     p.add_argument("--keep-all-frames", action="store_true",
-                   help="--summary/--folded: do not skip frames of the modules in "
+                   help="--summary/--folded/--pprof: do not skip frames of the modules in "
                         "skip-modules.txt (libc, libuv, uvstall, ...)")
     p.add_argument("--top", type=int, default=20, metavar="N",
                    help="--summary: show the N worst culprits (default 20, 0 = all)")
     p.set_defaults(mode="text")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.pprof is not None:
+        args.mode = "pprof"
+    return args
 
 
 def load_skip_list(args, script_dir, prog=PROG):
@@ -270,33 +281,85 @@ def open_inputs(names, prog=PROG):
     return streams
 
 
-def read_inputs(inputs, diag, prog=PROG, frame_cache=None):
+def _slimmed(recs):
+    for record in recs:
+        record.text = ""
+        record.obj.pop("frames", None)
+        yield record
+
+
+def read_inputs(inputs, diag, prog=PROG, frame_cache=None, slim=False):
     """(names, records) of every input, bad lines counted by diag. Exits
     with EXIT_USAGE and one line when a file cannot be read to its end (a
-    read error, not a bad line: nothing is written then)."""
+    read error, not a bad line: nothing is written then). slim: each
+    record drops its text and raw frames (parsed into .frames) as it is
+    read, for a caller that needs neither: a log of long stacks then takes
+    a sixth of the memory, and less time."""
     names, records = [], []
     for name, stream in open_inputs(inputs, prog=prog):
         names.append(name)
         try:
-            records.extend(reports.read(stream, name, diag.bad_line, frame_cache))
+            recs = reports.read(stream, name, diag.bad_line, frame_cache)
+            records.extend(_slimmed(recs) if slim else recs)
         except OSError as e:
             sys.stderr.write("%s: cannot read %s: %s\n" % (prog, name, e.strerror or e))
             sys.exit(EXIT_USAGE)
     return names, records
 
 
+# The interpreter that has Debian's python3-protobuf (see reexec_for_pprof).
+SYSTEM_PYTHON = "/usr/bin/python3"
+REEXEC_MARK = "UVSTALL_PPROF_REEXEC"
+
+
+def reexec_for_pprof(argv):
+    """--pprof needs python3-protobuf, which is Debian's: an interpreter found
+    first on PATH by the script's `#!/usr/bin/env python3` (pyenv, a venv)
+    lacks it. Then run again, once (the environment marks it), under
+    /usr/bin/python3; returns when that is not possible, and the caller
+    says which package is missing."""
+    if not pprof.protobuf_missing() or os.environ.get(REEXEC_MARK):
+        return
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        return
+    script = os.path.abspath(sys.argv[0])
+    if not os.path.isfile(script):
+        return
+    sys.stdout.flush()
+    os.environ[REEXEC_MARK] = "1"
+    try:
+        os.execv(SYSTEM_PYTHON, [SYSTEM_PYTHON, script] + list(argv))
+    except OSError:
+        return
+
+
 def main(argv=None, script_dir=None):
     # Die quietly like other filters when the reader goes away (| head).
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
     script_dir = script_dir or os.path.dirname(os.path.realpath(sys.argv[0]))
-    skip = load_skip_list(args, script_dir) if args.mode in ("summary", "folded") else None
+    skip = (load_skip_list(args, script_dir)
+            if args.mode in ("summary", "folded", "pprof") else None)
     status = check_lookup_arguments(args)
     if status is not None:
         return status
+    profile_class = None
+    if args.mode == "pprof":
+        reexec_for_pprof(argv)
+        try:
+            profile_class = pprof.load_profile_class()
+        except pprof.Unavailable as e:
+            sys.stderr.write("%s: %s\n" % (PROG, e))
+            return EXIT_USAGE
 
     diag = Diagnostics()
-    _, records = read_inputs(args.inputs, diag)
+    # --pprof shares equal frames between records (reports.parse_line), so a
+    # frame becomes a pprof location once, not once per record, and keeps
+    # neither the lines' text nor their raw frames.
+    pprof_mode = args.mode == "pprof"
+    names, records = read_inputs(args.inputs, diag, frame_cache={} if pprof_mode else None,
+                                 slim=pprof_mode)
     diag.bad_lines_total()
     stalls = [r for r in records if r.is_stall]
 
@@ -312,6 +375,14 @@ def main(argv=None, script_dir=None):
         out.write(render.summary(stalls, resolver, ends, skip, args.keep_all_frames, args.top))
     elif args.mode == "folded":
         out.write(render.folded(stalls, resolver, ends, skip, args.keep_all_frames))
+    elif args.mode == "pprof":
+        profile = pprof.build(profile_class, records, resolver, ends, skip,
+                              args.keep_all_frames, inputs=[n for n in names])
+        try:
+            pprof.write(profile, args.pprof)
+        except OSError as e:
+            sys.stderr.write("%s: cannot write %s: %s\n" % (PROG, args.pprof, e.strerror or e))
+            return EXIT_USAGE
     else:
         out.write("\n".join(render.text(r, resolver, ends) for r in stalls))
     out.flush()
