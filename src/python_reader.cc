@@ -483,10 +483,19 @@ CodeInfo *PyCodeCache::find(uintptr_t code) {
 }
 
 CodeInfo *PyCodeCache::put(uintptr_t code) {
-  if (map_.size() >= kMaxEntries) map_.clear();  // bounded: start again
   auto &slot = map_[code];
   if (slot == nullptr) slot = std::make_unique<CodeInfo>();
   return slot.get();
+}
+
+void PyCodeCache::make_room(size_t n) {
+  // Bounded: at most kMaxEntries + one walk's worth, kMaxBytes + one walk's
+  // (each entry's table is at most kMaxLineTableBytes). Counted now rather
+  // than kept up to date: a walk writes its entries' text directly.
+  size_t bytes = 0;
+  for (const auto &[code, ci] : map_)
+    bytes += ci->table.size() + ci->function.size() + ci->filename.size();
+  if (map_.size() + n > kMaxEntries || bytes > kMaxBytes) map_.clear();
 }
 
 PyCodeCache::PyCodeCache() = default;
@@ -523,6 +532,8 @@ PyWalk python_walk(const PyLayout &l, const PyTypes &t, uintptr_t tstate, uintpt
       return w;
     }
     PyWalk one;
+    // Never inside a walk: it holds pointers to the entries it found.
+    if (cache != nullptr) cache->make_room(max_frames);
     const bool ok = walk_once(l, t, before.head, max_frames, cache, &one);
     if (!read_mark(l, tstate, &after)) {
       w.reason = "the thread state's frame pointer is not readable";

@@ -85,10 +85,18 @@ class PyCodeCache {
   PyCodeCache();
   ~PyCodeCache();
   CodeInfo *find(uintptr_t code);
+  // An entry for code (new or reused); never frees another one, so the
+  // pointers a walk holds stay valid until its end.
   CodeInfo *put(uintptr_t code);
+  // Before a walk that may put up to `n` entries: starts again (frees every
+  // entry) when they would not fit, in count or in bytes kept.
+  void make_room(size_t n);
+  size_t size() const { return map_.size(); }
+
+  static constexpr size_t kMaxEntries = 4096;
+  static constexpr size_t kMaxBytes = size_t(4) << 20;  // names, file names, line tables
 
  private:
-  static constexpr size_t kMaxEntries = 4096;
   std::unordered_map<uintptr_t, std::unique_ptr<CodeInfo>> map_;
 };
 

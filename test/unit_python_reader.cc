@@ -284,6 +284,25 @@ TEST_SUITE("python reader") {
     CHECK(w.reason.find("deeper than 100") != std::string::npos);
   }
 
+  TEST_CASE("a code cache that fills up starts again between walks, never within one") {
+    // 100-frame stacks of distinct code objects, more of them than the cache
+    // keeps: every walk must still name every frame (ASan: no entry freed
+    // while a walk holds it).
+    Fake f(l312());
+    PyCodeCache cache;
+    for (int s = 0; s < 50; ++s) {
+      uintptr_t back = 0;
+      for (int i = 0; i < int(kMaxPythonFrames); ++i)
+        back = uintptr_t(f.frame(f.code("fn" + std::to_string(s * 100 + i), "/app/c.py", 10), 5, back));
+      const PyWalk w = python_walk(f.l, f.types, f.tstate(back), 0x1000, 42, kMaxPythonFrames, &cache);
+      REQUIRE(w.frames.size() == kMaxPythonFrames);
+      CHECK(w.frames.front().function == "fn" + std::to_string(s * 100 + 99));
+      CHECK(w.frames.back().function == "fn" + std::to_string(s * 100));
+      CHECK(w.frames.back().line == 13);
+      CHECK(cache.size() <= PyCodeCache::kMaxEntries);
+    }
+  }
+
   TEST_CASE("names: ASCII, Latin-1, UCS-2 and UCS-4 become UTF-8; long ones are cut") {
     Fake f(l312());
     Chain c(f);

@@ -56,9 +56,10 @@ int main(void) {
   printf("kCurrentFrame, %zu, %zu, %zu, %zu, 0, ",
          offsetof(PyThreadState, interp), offsetof(PyThreadState, thread_id),
          offsetof(PyThreadState, current_frame), sizeof(PyThreadState));
-  printf("%zu, %zu, %zu, %zu, %zu, 3, ", sizeof(_PyInterpreterFrame),
+  printf("%zu, %zu, %zu, %zu, %zu, %d, ", sizeof(_PyInterpreterFrame),
          offsetof(_PyInterpreterFrame, previous), offsetof(_PyInterpreterFrame, f_executable),
-         offsetof(_PyInterpreterFrame, instr_ptr), offsetof(_PyInterpreterFrame, owner));
+         offsetof(_PyInterpreterFrame, instr_ptr), offsetof(_PyInterpreterFrame, owner),
+         (int)FRAME_OWNED_BY_CSTACK);
 #elif PY_VERSION_HEX >= 0x030B0000
   printf("kCFrame, %zu, %zu, %zu, %zu, %zu, ",
          offsetof(PyThreadState, interp), offsetof(PyThreadState, thread_id),

@@ -18,6 +18,7 @@ Exit status 77 (skipped) when nothing can run: no meson-python for
 with the reason; the rest must pass.
 """
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ import zipfile
 import pythons
 
 DEBIAN_PY = "/usr/bin/python3"
-MIN_PYTHON = (3, 6)  # requires-python in pyproject.toml
+MIN_PYTHON = (3, 7)  # requires-python in pyproject.toml
 PATH = "/usr/bin:/bin"
 EXPECTED = {"uvstall/__init__.py", "uvstall/__main__.py", "uvstall/_autowatch.py",
             "uvstall/_env.py", "uvstall/_lib.py", "uvstall/_relay.py",
@@ -188,9 +189,12 @@ def main():
         found, skips = interpreters(versions_dir)
         for s in skips:
             print(s)
-        venvs = {}
-        for label, py in found:
-            venvs[label] = run_app(label, py, wheel, tmp, app_copy)
+        # Two at a time (one per core): each venv is mostly pip and a short
+        # run, independent of the others.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            jobs = {label: pool.submit(run_app, label, py, wheel, tmp, app_copy)
+                    for label, py in found}
+            venvs = {label: job.result() for label, job in jobs.items()}
         others = len(found) - 1
         if others < 2:
             print("SKIP: only %d interpreter(s) besides Debian's in %s (two wanted)" % (
