@@ -141,7 +141,12 @@ int main(int argc, char **argv) {
     if (uvstall_configure(&p) != 0) return 91;
     static uvt::Collector col;
     col.block_first_stall_ms = 1500;
-    static Host h([](uvstall_options_t *o) { col.attach(o); });
+    // One sample per stall: a 150 ms stall that a loaded machine stretches
+    // past 2 x threshold would otherwise add a second record (seen: 12).
+    static Host h([](uvstall_options_t *o) {
+      col.attach(o);
+      o->max_samples_per_stall = 1;
+    });
     g_host = &h;
     for (int i = 0; i < 4; ++i)
       h.after(50 + i * 300, [](uv_timer_t *) { uvstall_test_busy(150); });

@@ -61,9 +61,12 @@ def export(source, dest):
     """The files git tracks or would (not ignored), as they are in the
     working tree; without git,
     the tree minus build directories and .git."""
-    p = subprocess.run(["git", "-C", source, "ls-files", "-z", "--cached", "--others",
-                        "--exclude-standard"], capture_output=True)
-    if p.returncode == 0 and p.stdout:
+    try:
+        p = subprocess.run(["git", "-C", source, "ls-files", "-z", "--cached", "--others",
+                            "--exclude-standard"], capture_output=True)
+    except OSError:  # no git (a fresh machine, an unpacked archive)
+        p = None
+    if p is not None and p.returncode == 0 and p.stdout:
         names = [n for n in p.stdout.decode().split("\0") if n]
     else:
         names = []
