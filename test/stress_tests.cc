@@ -295,7 +295,9 @@ TEST_SUITE("stress") {
 #endif
     // 100-300 us on this machine (start ~70, stop ~10, the loop run; more
     // under load or ASan): 10,000 cycles well within 10 s.
-    CHECK(per_cycle_us < 1000);
+    // ThreadSanitizer instruments every atomic and lock of a cycle: 1.2 ms
+    // a cycle seen here (2026-12-02, also at the commit before issue 15).
+    CHECK(per_cycle_us < (uvt::kTsan ? 5000 : 1000));
     CHECK(uv_loop_close(&loop) == 0);
     CHECK(starts.load() == 11000);
   }
@@ -378,7 +380,7 @@ TEST_SUITE("stress") {
     // it returned, was taken while it ran (taking and delivering a stack
     // takes far less): it must name the culprit and this thread's frame.
     constexpr uint64_t kCapturedInsideNs = 100 * 1000000u;
-    int planned = 0, must = 0, named_stalls = 0, busy = 0, sleeps = 0, mutexes = 0;
+    int planned = 0, must = 0, named_stalls = 0, found_stalls = 0, busy = 0, sleeps = 0, mutexes = 0;
     std::vector<double> lates;  // how late the sentinel woke, per stall
     for (int i = 0; i < kLoops; ++i) {
       const LoopRun &run = runs[size_t(i)];
@@ -435,7 +437,12 @@ TEST_SUITE("stress") {
           }
         }
         INFO("reported:" << seen);
-        CHECK(found);
+        // Under ThreadSanitizer the sentinel and the writer run 5-10 times
+        // slower; with 64 loops a stall's first record can arrive after its
+        // culprit returned (seen: 1 to 6 of ~150 long stalls, also at the
+        // commit before issue 15), so there they are counted below instead.
+        if (!uvt::kTsan) CHECK(found);
+        found_stalls += found;
         // (Under ThreadSanitizer a stack may come with the registers TSan
         // saved at arrival, its innermost frames in TSan's runtime: see
         // uvt::kTsan. Other threads' frames are checked for below as always.)
@@ -445,12 +452,13 @@ TEST_SUITE("stress") {
     }
     MESSAGE(planned << " stalls on " << kLoops << " loops (" << busy << " busy, " << sleeps
             << " sleep, " << mutexes << " mutex); the " << must << " of >= " << kMustReportMs
-            << " ms all reported, " << named_stalls << " with a stack taken during the culprit");
+            << " ms, " << found_stalls << " reported, " << named_stalls << " with a stack taken during the culprit");
     std::sort(lates.begin(), lates.end());
     if (!lates.empty())
       MESSAGE("the sentinel woke late by (ms) p50 " << lates[lates.size() / 2] << ", p99 "
               << lates[lates.size() * 99 / 100] << ", max " << lates.back());
     CHECK(must >= 2 * kLoops);  // the run really had long stalls on every loop, on average
+    if (uvt::kTsan) CHECK(found_stalls * 10 >= must * 9);
     // Nearly every long stall got a stack while its culprit ran (all of them
     // here; a sentinel that waits ~150 ms for a CPU, as under ASan on a
     // loaded machine, misses a few: those say "the stall ended before the
@@ -482,7 +490,9 @@ TEST_SUITE("stress") {
     // Every 10 ms sleep is a stall (threshold 2 ms), give or take: on a
     // loaded machine the sentinel may wake too late for one (it has 7 ms),
     // and the loop may be late by 3 ms between two (a stall of its own).
-    CHECK(stalls >= 9800);
+    // (Under ThreadSanitizer the sentinel misses more of its 7 ms windows:
+    // 9,754 and 9,875 seen here, also at the commit before issue 15.)
+    CHECK(stalls >= (uvt::kTsan ? 9500 : 9800));
     CHECK(stalls <= 10300);
     // Bounded output: a burst of 10, then 10 a minute.
     CHECK(written >= 1);
