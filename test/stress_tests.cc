@@ -472,7 +472,9 @@ TEST_SUITE("stress") {
     CHECK(uvt::open_fds() == fds_before);
     const long long heap_growth = (long long)settled_heap() - (long long)heap_before;
     MESSAGE("heap growth after 64 loops: " << heap_growth << " B");
-    CHECK(heap_growth < 256 * 1024);
+    // ThreadSanitizer's allocator keeps more per ended thread (297,200 B
+    // seen once in CI); other builds keep the 256 KiB bound.
+    CHECK(heap_growth < (uvt::kTsan ? 512 : 256) * 1024);
   }
 
   TEST_CASE("a storm of 10,000 short stalls on 20 loops: bounded output, every stall counted") {
