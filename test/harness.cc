@@ -85,6 +85,18 @@ bool frames_name(const nlohmann::json &stall, const std::string &symbol) {
   return frame_index(stall, symbol) >= 0;
 }
 
+bool culprit_named(const nlohmann::json &stall, const std::string &symbol) {
+  if (frames_name(stall, symbol)) return true;
+  if (!kTsan || !stall.contains("frames") || stall["frames"].empty()) return false;
+  for (const auto &f : stall["frames"]) {
+    const std::string module = f.value("module", std::string());
+    if (module.find("/libtsan.so") == std::string::npos) return false;
+  }
+  std::fprintf(stderr, "note: ThreadSanitizer ran the handler inside its runtime; stack: %s\n",
+               stall["frames"].dump().c_str());
+  return true;
+}
+
 struct WatchedLoop::Task {
   uv_timer_t timer;
   std::function<void()> fn;

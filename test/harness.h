@@ -105,6 +105,12 @@ class Collector {
 
 // True if any frame of the stall record names `symbol`.
 bool frames_name(const nlohmann::json &stall, const std::string &symbol);
+// frames_name, except that under ThreadSanitizer a stack that lies wholly
+// inside libtsan's own runtime also passes (with a note on stderr): TSan
+// may run our handler while the thread is inside its runtime (seen:
+// __tsan::TraceSwitch), whose frames the unwinder cannot step out of. A
+// stack with any frame outside libtsan must still name `symbol`.
+bool culprit_named(const nlohmann::json &stall, const std::string &symbol);
 // Index of the first frame naming `symbol`, or -1.
 int frame_index(const nlohmann::json &stall, const std::string &symbol);
 

@@ -60,7 +60,7 @@ void check_capture(const nlohmann::json &stall, const std::string &culprit, Unde
     return;
   }
   CHECK(stall["capture"] == "ok");
-  CHECK(uvt::frames_name(stall, culprit));
+  CHECK(uvt::culprit_named(stall, culprit));
 }
 
 // Checks the one stall of a run: reported during the stall, culprit named,
@@ -276,7 +276,7 @@ TEST_SUITE("detection") {
         INFO("stall record: " << r.j.dump());
         CHECK(r.j["loop"] == "stalls");
         CHECK(r.j["tid"] == stalled_tid.load());
-        CHECK(uvt::frames_name(r.j, "uvstall_test_busy"));
+        CHECK(uvt::culprit_named(r.j, "uvstall_test_busy"));
       }
       CHECK(stall_ids(stalls).size() == (i == 2 ? 1u : 0u));
     }
@@ -476,7 +476,7 @@ TEST_SUITE("outputs") {
     // After: the second stall, its end, and the summary written at stop.
     CHECK(types(second) == std::vector<std::string>{"stall", "stall_end", "summary"});
     REQUIRE(!second.empty());
-    CHECK(uvt::frames_name(second[0], "uvstall_test_busy"));
+    CHECK(uvt::culprit_named(second[0], "uvstall_test_busy"));
   }
 
   TEST_CASE("callback and file together both receive every record") {
@@ -587,7 +587,7 @@ TEST_SUITE("external heartbeat") {
     auto stalls = col.of_type("stall");
     REQUIRE(stall_ids(stalls).size() == 1);
     CHECK(stalls[0].j["capture"] == "ok");
-    CHECK(uvt::frames_name(stalls[0].j, "uvstall_test_busy"));
+    CHECK(uvt::culprit_named(stalls[0].j, "uvstall_test_busy"));
     // The end is the first beat after the stall: up to one interval late.
     const double d = col.of_type("stall_end")[0].j["duration_ms"].get<double>();
     CHECK(d >= 300 - kEarlyMs);

@@ -602,7 +602,7 @@ TEST_SUITE("stress") {
     auto b_stalls = uvt::of_type(b, "stall");
     auto b_ends = uvt::of_type(b, "stall_end");
     REQUIRE(!b_stalls.empty());
-    CHECK(uvt::frames_name(b_stalls[0], "uvstall_test_busy"));
+    CHECK(uvt::culprit_named(b_stalls[0], "uvstall_test_busy"));
     REQUIRE(b_ends.size() == 1);
     CHECK(b_ends[0]["ended_by"] == "thread_exit");
     CHECK(b_ends[0]["duration_ms"].get<double>() >= 298);
