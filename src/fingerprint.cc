@@ -44,10 +44,13 @@ std::vector<std::string> parse_skip_list() {
   return out;
 }
 
-const std::vector<std::string> &skip_list() {
-  static const auto *list = new std::vector<std::string>(parse_skip_list());
-  return *list;
-}
+// Parsed when the library is loaded, before any thread of ours exists: a
+// function-local static first reached by the sentinel could be mid-way
+// through its initialization when the host forks, and the child's sentinel
+// would wait on its guard forever (seen in the fork test under ASan).
+const std::vector<std::string> *const g_skip_list = new std::vector<std::string>(parse_skip_list());
+
+const std::vector<std::string> &skip_list() { return *g_skip_list; }
 
 // FNV-1a, 64 bits.
 struct Fnv {

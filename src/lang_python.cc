@@ -242,6 +242,13 @@ std::shared_ptr<LangFrames> refuse(const Python *py, const std::string &why) {
 
 }  // namespace
 
+void lang_python_warm() {
+  try {
+    (void)python();
+  } catch (...) {
+  }
+}
+
 std::shared_ptr<LangFrames> lang_frames_for_current_thread() {
   try {
     const Python *py = python();

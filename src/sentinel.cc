@@ -34,6 +34,10 @@ namespace uvstall::internal {
 
 namespace {
 
+// Nanoseconds per clock tick of /proc's stat times. Read at load, not in a
+// function-local static the sentinel would initialize (see warm_statics).
+const long kTickNs = 1000000000L / sysconf(_SC_CLK_TCK);
+
 // Process state: heap objects never destroyed, so the sentinel and writer
 // may run while the host's static destructors do (exit is not a stop).
 struct Process {
@@ -198,7 +202,6 @@ void add_thread_state(Watch *w, StallSample *s, uint64_t now) {
   t["window_ms"] = ms_from_ns(in.window_ns);
   t["cpu_ms"] = ms_from_ns(in.cpu_ns);
   t["runqueue_ms"] = ms_from_ns(in.wait_ns);
-  static const long kTickNs = 1000000000L / sysconf(_SC_CLK_TCK);
   if (post.ok) {
     t["cpu_system_ms"] = ms_from_ns(
         (post.stime_ticks - std::min(post.stime_ticks, st.first.stime_ticks)) * kTickNs);
@@ -681,10 +684,23 @@ void at_exit() {
   writer_drain(uint32_t(now < until ? (until - now) / kNsPerMs : 0) + 1);
 }
 
+// Function-local statics that our threads would otherwise be first to
+// reach are initialized here, in the host's thread before any thread of
+// ours starts, under g_proc->mu (which fork's prepare handler takes): a
+// static mid-way through its initialization when the host forks leaves its
+// guard taken in the child, whose sentinel or uvstall_start would then wait
+// on it forever (a child's sentinel was seen stuck in __cxa_guard_acquire
+// this way in the fork test).
+void warm_statics() {
+  modules();
+  lang_python_warm();
+}
+
 // Once per process, under g_proc->mu.
 int process_start_locked() {
   if (g_proc->started) return g_proc->start_err;
   g_proc->started = true;
+  warm_statics();
   if (!g_proc->configured) {
     int rc = resolve_process_options(nullptr, &g_proc->pcfg);
     if (rc != 0) return g_proc->start_err = rc;

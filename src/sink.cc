@@ -156,10 +156,11 @@ struct StreamState {
   bool stuck = false;        // the last record was given up: don't wait
 };
 
-StreamState &stream_state(const std::string &key) {
-  static auto *states = new std::map<std::string, StreamState>;  // never destroyed
-  return (*states)[key];
-}
+// Created at load, never destroyed (the writer may run during exit); not a
+// function-local static the writer would initialize (see warm_statics).
+std::map<std::string, StreamState> *const g_stream_states = new std::map<std::string, StreamState>;
+
+StreamState &stream_state(const std::string &key) { return (*g_stream_states)[key]; }
 
 // Waits until fd takes more bytes, up to `ms`, in slices so that a closed
 // output stops waiting. False when it still does not.

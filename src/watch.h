@@ -35,6 +35,8 @@ class LangFrames {
 };
 // A reader for the calling thread's interpreter, or null (src/lang_python.cc).
 std::shared_ptr<LangFrames> lang_frames_for_current_thread();
+// Resolves which interpreter (if any) hosts us, once; see warm_statics.
+void lang_python_warm();
 
 // Application context (uvstall_set_context): written by the loop thread,
 // read by the sentinel during a stall. A sequence lock over atomic words:
