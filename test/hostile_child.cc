@@ -4,6 +4,7 @@
 // another thread, and a host that forks while uvstall is busy.
 // Usage: uvstall-test-hostile SCENARIO [ARGS]. Findings go to stdout as
 // "key=value" lines; a failed precondition prints "error=..." and exits 3.
+#include <dirent.h>
 #include <dlfcn.h>
 #include <execinfo.h>
 #include <fcntl.h>
@@ -451,6 +452,7 @@ struct ForkHost {
   std::vector<pid_t> full_children;
   std::map<int, int> status_count;  // child exit status -> count
   int hung = 0;
+  int sanitizer_stuck = 0;  // children stuck on a lock libasan's fork left held
   double max_quick_ms = 0, sum_quick_ms = 0;
   double max_fork_ms = 0, sum_fork_ms = 0;  // fork() itself, in the parent
   int quick = 0;
@@ -467,6 +469,57 @@ std::vector<nlohmann::json> read_jsonl(const std::string &path) {
   }
   return out;
 }
+
+// The sanitizer runtime's own fork hazard, told apart from ours. GCC 12's
+// libasan takes no allocator lock around fork(): a child forked while
+// another thread was refilling an allocator cache inherits that size
+// class's mutex held, and its first allocation of that size waits forever
+// (gdb on such children: __sanitizer::FutexWait <- SizeClassAllocator64::
+// GetFromAllocator <- operator new, in uvstall_get_stats' histogram copy or
+// a new thread's string). True if some thread of `pid` waits in futex()
+// (202) with its program counter inside libasan; a wait on any lock of ours
+// or of libc has it in libc. Never true without ASan: libasan is not mapped.
+bool waits_in_libasan(pid_t pid) {
+  const std::string proc = "/proc/" + std::to_string(pid);
+  std::vector<std::pair<unsigned long, unsigned long>> asan;  // [lo, hi)
+  {
+    std::ifstream maps(proc + "/maps");
+    std::string line;
+    while (std::getline(maps, line)) {
+      unsigned long lo = 0, hi = 0;
+      if (line.find("libasan") != std::string::npos &&
+          std::sscanf(line.c_str(), "%lx-%lx", &lo, &hi) == 2)
+        asan.emplace_back(lo, hi);
+    }
+  }
+  if (asan.empty()) return false;
+  DIR *d = opendir((proc + "/task").c_str());
+  if (d == nullptr) return false;
+  bool found = false;
+  while (dirent *e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream f(proc + "/task/" + e->d_name + "/syscall");
+    long nr = -1;
+    std::string arg;
+    if (!(f >> nr) || nr != SYS_futex) continue;
+    for (int i = 0; i < 7 && f >> arg; i++) {}  // six arguments, then sp
+    unsigned long pc = 0;
+    if (!(f >> std::hex >> pc)) continue;
+    for (const auto &[lo, hi] : asan) found = found || (pc >= lo && pc < hi);
+  }
+  closedir(d);
+  return found;
+}
+
+bool libasan_loaded() {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line))
+    if (line.find("libasan") != std::string::npos) return true;
+  return false;
+}
+
+std::string stuck_marker(pid_t pid) { return g_fh.dir + "/stuck-in-libasan-" + std::to_string(pid); }
 
 // In the child, inside the parent's timer callback: the inherited watches
 // answer get_stats; a new watch on a new loop reports the child's stall.
@@ -524,19 +577,36 @@ void child_checks(bool full) {
 
 // Waits up to timeout_ms for `pid`, then kills it (counted as hung).
 // Records its exit status (128 + signal when killed by one).
-void reap(pid_t pid, int timeout_ms) {
+// A child stuck in libasan (waits_in_libasan) is counted apart and killed;
+// a quick child has only the forking thread, so once it has run 1 s and
+// waits there, nothing can ever release it. False for such a child.
+bool reap(pid_t pid, int timeout_ms, bool single_threaded) {
   const uint64_t t0 = uvt::now_ns();
   int st = 0;
+  bool looked = false;
   while (waitpid(pid, &st, WNOHANG) == 0) {
-    if (ms_since(t0) > timeout_ms) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &st, 0);
-      g_fh.hung++;
-      return;
+    const double ms = ms_since(t0);
+    const bool look = ms > timeout_ms || (single_threaded && !looked && ms > 1000);
+    if (look) {
+      looked = true;
+      const bool asan = waits_in_libasan(pid);
+      if (asan || ms > timeout_ms) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+        (asan ? g_fh.sanitizer_stuck : g_fh.hung)++;
+        return !asan;
+      }
     }
     usleep(500);
   }
+  // A child whose checks failed while one of its threads was stuck the
+  // same way (a full child's new sentinel or writer) left a marker.
+  if (st != 0 && access(stuck_marker(pid).c_str(), F_OK) == 0) {
+    g_fh.sanitizer_stuck++;
+    return false;
+  }
   g_fh.status_count[WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st)]++;
+  return true;
 }
 
 void on_fork_timer(uv_timer_t *t) {
@@ -564,7 +634,7 @@ void on_fork_timer(uv_timer_t *t) {
     return;
   }
   // A quick child: get_stats, then stop and close its inherited loop, exit.
-  reap(pid, 5000);
+  if (!reap(pid, 5000, /*single_threaded=*/true)) return;  // not timed: libasan's hang
   const double ms = ms_since(t0);
   g_fh.max_quick_ms = std::max(g_fh.max_quick_ms, ms);
   g_fh.sum_quick_ms += ms;
@@ -636,10 +706,14 @@ int scenario_fork(int forks, int full_every) {
     uv_close(reinterpret_cast<uv_handle_t *>(&g_fh.fork_timer), nullptr);
     uv_run(&wl.loop, UV_RUN_NOWAIT);
     if (uv_loop_close(&wl.loop) != 0) f |= kLoopClose;
+    if (f != 0 && waits_in_libasan(getpid())) {
+      const int fd = open(stuck_marker(getpid()).c_str(), O_CREAT | O_WRONLY, 0600);
+      if (fd >= 0) close(fd);
+    }
     std::exit(f);  // exit, not _exit: the exit handlers run in the child
   }
   const double seconds = double(uvt::now_ns() - t0) / 1e9;
-  for (pid_t pid : g_fh.full_children) reap(pid, 10000);
+  for (pid_t pid : g_fh.full_children) reap(pid, 10000, /*single_threaded=*/false);
   done = true;
   uv_close(reinterpret_cast<uv_handle_t *>(&g_fh.fork_timer), nullptr);
   wl.stop();
@@ -657,6 +731,8 @@ int scenario_fork(int forks, int full_every) {
   say("seconds", seconds);
   say("full_children", g_fh.full_children.size());
   say("hung", g_fh.hung);
+  say("sanitizer_stuck", g_fh.sanitizer_stuck);
+  say("libasan", libasan_loaded() ? 1 : 0);
   std::string statuses;
   for (const auto &[code, n] : g_fh.status_count)
     statuses += (statuses.empty() ? "" : ",") + std::to_string(code) + ":" + std::to_string(n);

@@ -215,7 +215,15 @@ TEST_SUITE("hostile hosts") {
     REQUIRE(r.status == 0);
     CHECK(r.num("forks") == 200);
     CHECK(r.num("hung") == 0);
-    CHECK(r.str("statuses") == "0:200");
+    // Under ASan only: children stuck on a lock of libasan's allocator that
+    // fork() left held (GCC 12's libasan has no fork handler for it; the
+    // child tells that wait from one on our locks by its program counter,
+    // see waits_in_libasan). Seen in up to 3 of 200 children under load;
+    // every other child must pass all its checks.
+    const int stuck = int(r.num("sanitizer_stuck"));
+    if (r.num("libasan") == 0) CHECK(stuck == 0);
+    CHECK(stuck <= 20);
+    CHECK(r.str("statuses") == "0:" + std::to_string(200 - stuck));
     CHECK(r.num("full_children") == 8);
     // Stalls were being reported all along, and never by a child: every
     // record of the parent's output has the parent's pid.
