@@ -1038,10 +1038,21 @@
   timelineEvents();
   flameEvents();
   renderAll();
+  // Both plots are laid out by their box's width only: a resize that keeps
+  // the widths (a taller window, a full-page screenshot) redraws nothing, so
+  // it cannot replace the element under a pointer between press and release.
   let resizeTimer = null;
+  const plotWidths = () => [$("#timeline-plot"), $("#flame-plot")].map((e) => (e ? e.clientWidth : 0)).join();
+  let drawnWidths = plotWidths();
   window.addEventListener("resize", () => {
     clearTimeout(resizeTimer);
-    resizeTimer = setTimeout(() => { renderTimeline(); renderFlame(null, false); }, 150);
+    resizeTimer = setTimeout(() => {
+      const widths = plotWidths();
+      if (widths === drawnWidths) return;
+      drawnWidths = widths;
+      renderTimeline();
+      renderFlame(null, false);
+    }, 150);
   });
   // For tests and the curious: how long the first drawing took.
   window.uvstallRenderMs = performance.now() - started;
