@@ -50,6 +50,12 @@ __attribute__((noinline)) long uvstall_snap_middle(BlockFn fn, void *arg) {
 __attribute__((noinline)) long uvstall_snap_outer(BlockFn fn, void *arg) {
   return keep_frame(uvstall_snap_middle(fn, arg));
 }
+// The same chain with a middle link built -O0 with frame pointers
+// (test/unit_snapshot_fp.c).
+long uvstall_snapfp_middle(BlockFn fn, void *arg);
+__attribute__((noinline)) long uvstall_snapfp_outer(BlockFn fn, void *arg) {
+  return keep_frame(uvstall_snapfp_middle(fn, arg));
+}
 }
 
 namespace {
@@ -62,20 +68,22 @@ pid_t gettid_() { return pid_t(syscall(SYS_gettid)); }
 
 // One thread running fn inside the chain once, with what the call returned.
 struct Blocked {
+  using EntryFn = long (*)(BlockFn, void *);
   BlockFn fn;
   void *arg;
+  EntryFn entry;
   std::atomic<pid_t> tid{0};
   long ret = 0;
   int err = 0;
   uint64_t start_ns = 0, end_ns = 0;
   std::thread th;
 
-  Blocked(BlockFn f, void *a) : fn(f), arg(a) {
+  Blocked(BlockFn f, void *a, EntryFn e = uvstall_snap_outer) : fn(f), arg(a), entry(e) {
     th = std::thread([this] {
       tid.store(gettid_());
       start_ns = mono_ns();
       errno = 0;
-      ret = uvstall_snap_outer(fn, arg);
+      ret = entry(fn, arg);
       err = errno;
       end_ns = mono_ns();
     });
@@ -359,6 +367,31 @@ TEST_SUITE("snapshot") {
     CHECK(accepted > 0);
     CHECK(bad_stacks == 0);
     CHECK(other == 0);
+  }
+
+  TEST_CASE("a frame that needs rbp ends the stack or unwinds right, never wrong") {
+    static Init init;
+    REQUIRE(snapshot_unwinder_problem().empty());
+    Timed t{100};
+    Blocked b(uvstall_snap_nanosleep, &t, uvstall_snapfp_outer);
+    REQUIRE(wait_blocked(b, {SYS_nanosleep, SYS_clock_nanosleep}));
+    Snapshot snap;
+    REQUIRE(take_snapshot(b.tid.load(), &snap));
+    const Stack s = unwind(snap);
+    INFO(describe(s));
+    // Through the -O0 frame's own pc (the inner link's return address);
+    // past it only with the right caller.
+    const std::vector<std::string> expected = {"uvstall_snap_nanosleep", "uvstall_snap_inner",
+                                               "uvstall_snapfp_middle", "uvstall_snapfp_outer"};
+    const int first = index_of(s, expected[0]);
+    REQUIRE(first >= 0);
+    REQUIRE(s.frames.size() >= size_t(first) + 3);
+    for (size_t i = 0; i < expected.size() && size_t(first) + i < s.frames.size(); ++i)
+      CHECK(s.frames[size_t(first) + i].symbol == expected[i]);
+    for (const auto &f : s.frames) CHECK(f.module.get() != nullptr);
+    MESSAGE("-O0 frame-pointer link: ", s.frames.size(), " frames, stop: ", std::string(s.stats.stop));
+    b.th.join();
+    CHECK(b.ret == 0);
   }
 
   TEST_CASE("a busy thread is refused as running") {
