@@ -319,6 +319,7 @@ struct UnwindCall {
   Unwinder *u;
   const Snapshot *snap;
   UnwindStats *stats;
+  pid_t pid;        // ours, read once per unwind (getpid is a system call)
   const char *why;  // set by an accessor that refused
 };
 
@@ -431,10 +432,10 @@ const Segment *find_segment(const Unwinder &u, uintptr_t addr) {
   return addr < it->hi ? &*it : nullptr;
 }
 
-bool read_own(uintptr_t addr, void *dst, size_t len) {
+bool read_own(pid_t pid, uintptr_t addr, void *dst, size_t len) {
   iovec local{dst, len};
   iovec remote{reinterpret_cast<void *>(addr), len};
-  return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == ssize_t(len);
+  return process_vm_readv(pid, &local, 1, &remote, 1, 0) == ssize_t(len);
 }
 
 int access_mem(unw_addr_space_t, unw_word_t addr, unw_word_t *val, int write, void *arg) {
@@ -465,7 +466,7 @@ int access_mem(unw_addr_space_t, unw_word_t addr, unw_word_t *val, int write, vo
       return 0;
     }
     ++call->stats->fallback_reads;
-    if (read_own(page * kPageBytes, c.bytes, kPageBytes)) {
+    if (read_own(call->pid, page * kPageBytes, c.bytes, kPageBytes)) {
       c.page = page;
       std::memcpy(val, c.bytes + in_page, n);
       return 0;
@@ -473,7 +474,7 @@ int access_mem(unw_addr_space_t, unw_word_t addr, unw_word_t *val, int write, vo
     c.page = ~uintptr_t(0);
   }
   ++call->stats->fallback_reads;
-  if (read_own(addr, val, n)) return 0;
+  if (read_own(call->pid, addr, val, n)) return 0;
   call->why = "module memory not readable";
   return -UNW_EINVAL;
 }
@@ -594,6 +595,8 @@ bool snapshot_unwinder_init() {
   }
   // Unwind rules per pc, kept between unwinds: the warm path. They depend
   // on code only, never on the stack copy.
+  // (Measured: either cache policy costs two rt_sigprocmask calls per step,
+  // libunwind's lock around its cache; without a cache a step costs more.)
   u.policy(u.as, UNW_CACHE_GLOBAL);
   u.cache.reset(new CachedPage[kCachePages]);
   refresh_locked(u);
@@ -632,7 +635,7 @@ int unwind_snapshot(const Snapshot &snap, uintptr_t *pcs, int max, UnwindStats *
     st.stop = "no snapshot";
     return 0;
   }
-  UnwindCall call{&u, &snap, &st, nullptr};
+  UnwindCall call{&u, &snap, &st, getpid(), nullptr};
   unw_cursor_t cursor;
   if (u.init_remote(&cursor, u.as, &call) < 0) {
     st.stop = "libunwind could not start";
