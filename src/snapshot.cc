@@ -135,10 +135,16 @@ bool read_state(Snapshot *out, SyscallRegs *regs, char *state, uint64_t *switche
   return n > 0 && parse_status_switches(out->text, size_t(n), state, switches);
 }
 
-bool open_files(pid_t tid, Snapshot *out) {
-  if (out->files_tid == tid && out->syscall_fd >= 0 && out->status_fd >= 0) return true;
+void close_files(Snapshot *out) {
   if (out->syscall_fd >= 0) close(out->syscall_fd);
   if (out->status_fd >= 0) close(out->status_fd);
+  out->syscall_fd = out->status_fd = -1;
+  out->files_tid = 0;
+}
+
+bool open_files(pid_t tid, Snapshot *out) {
+  if (out->files_tid == tid && out->syscall_fd >= 0 && out->status_fd >= 0) return true;
+  close_files(out);
   out->syscall_fd = open_task_file(tid, "syscall");
   out->status_fd = open_task_file(tid, "status");
   out->files_tid = tid;
@@ -197,6 +203,9 @@ bool take_snapshot(pid_t tid, Snapshot *out, size_t window_bytes) {
   char state_before = '?', state_after = '?';
   uint64_t sw_before = 0, sw_after = 0;
   if (!read_state(out, &before, &state_before, &sw_before)) {
+    // Files opened for an ended thread stay bound to it: the next call
+    // opens them again, for a thread that may have reused the TID.
+    close_files(out);
     out->refusal = "cannot read /proc/self/task/TID (thread gone?)";
     return false;
   }

@@ -84,7 +84,10 @@ struct UnwindStats {
 // saying why, when the remote unwinder is not available.
 bool snapshot_unwinder_init();
 // Re-reads the unwind tables (objects loaded or unloaded since) and drops
-// every cache. Takes the loader lock, like init.
+// every cache. Takes the loader lock, like init. Until it runs, a pc in an
+// object loaded since ends the stack ("no unwind info for a pc"); an
+// object unloaded since, with another mapped at its address, would be
+// unwound with stale tables: call it after the host loads or unloads code.
 void snapshot_unwinder_refresh();
 // Drops libunwind's and our caches: the next unwind is a cold one
 // (benchmarks measure it).

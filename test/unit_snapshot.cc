@@ -394,6 +394,28 @@ TEST_SUITE("snapshot") {
     CHECK(b.ret == 0);
   }
 
+  TEST_CASE("a small window cuts the stack where it ends: fewer frames, all right") {
+    static Init init;
+    REQUIRE(snapshot_unwinder_problem().empty());
+    Timed t{100};
+    Blocked b(uvstall_snap_nanosleep, &t);
+    REQUIRE(wait_blocked(b, {SYS_nanosleep, SYS_clock_nanosleep}));
+    Snapshot full, cut;
+    REQUIRE(take_snapshot(b.tid.load(), &full));
+    REQUIRE(take_snapshot(b.tid.load(), &cut, 256));
+    CHECK(cut.stack_bytes == 256);
+    const Stack whole = unwind(full);
+    const Stack part = unwind(cut);
+    INFO(describe(part));
+    CHECK(part.frames.size() >= 1);
+    REQUIRE(part.frames.size() < whole.frames.size());
+    for (size_t i = 0; i < part.pcs.size(); ++i) CHECK(part.pcs[i] == whole.pcs[i]);
+    CHECK(std::string(part.stats.stop) == "memory outside the stack window and every module");
+    CHECK(part.stats.refused_reads > 0);
+    b.th.join();
+    CHECK(b.ret == 0);
+  }
+
   TEST_CASE("a busy thread is refused as running") {
     static Init init;
     std::atomic<bool> stop{false};
