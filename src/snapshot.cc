@@ -16,6 +16,7 @@
 #include <elf.h>
 #include <fcntl.h>
 #include <link.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -195,6 +196,10 @@ bool find_mapping(Snapshot *out, uintptr_t addr, uintptr_t *lo, uintptr_t *hi) {
 bool take_snapshot(pid_t tid, Snapshot *out, size_t window_bytes) {
   out->refusal = "";
   out->stack_bytes = 0;
+  if (tid == pid_t(syscall(SYS_gettid))) {
+    out->refusal = "own thread";  // it is running: reading /proc right now
+    return false;
+  }
   if (!open_files(tid, out)) {
     out->refusal = "cannot open /proc/self/task/TID";
     return false;

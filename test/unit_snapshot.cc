@@ -416,7 +416,7 @@ TEST_SUITE("snapshot") {
     CHECK(b.ret == 0);
   }
 
-  TEST_CASE("a busy thread is refused as running") {
+  TEST_CASE("a busy thread is refused as running, and so is the calling thread") {
     static Init init;
     std::atomic<bool> stop{false};
     Blocked b(uvstall_snap_busy, &stop);
@@ -433,5 +433,7 @@ TEST_SUITE("snapshot") {
     stop = true;
     b.th.join();
     CHECK(refused == 50);
+    CHECK_FALSE(take_snapshot(gettid_(), &snap));
+    CHECK(std::string(snap.refusal) == "own thread");
   }
 }
