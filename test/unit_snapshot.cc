@@ -10,6 +10,7 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include <atomic>
 #include <cerrno>
@@ -328,6 +329,59 @@ TEST_SUITE("snapshot") {
       close(sv[0]);
       close(sv[1]);
     }
+  }
+
+  TEST_CASE("a libuv callback sleeping inside uv_run is unwound through libuv to uv_run") {
+    static Init init;
+    REQUIRE(snapshot_unwinder_problem().empty());
+    struct Ctx {
+      Timed t{200};
+      std::atomic<pid_t> tid{0};
+      long ret = -1;
+      uint64_t start_ns = 0, end_ns = 0;
+    } ctx;
+    std::thread th([&ctx] {
+      uv_loop_t loop;
+      uv_loop_init(&loop);
+      uv_timer_t timer;
+      uv_timer_init(&loop, &timer);
+      timer.data = &ctx;
+      uv_timer_start(
+          &timer,
+          [](uv_timer_t *h) {
+            auto *c = static_cast<Ctx *>(h->data);
+            c->tid.store(gettid_());
+            c->start_ns = mono_ns();
+            c->ret = uvstall_snap_outer(uvstall_snap_nanosleep, &c->t);
+            c->end_ns = mono_ns();
+          },
+          0, 0);
+      uv_run(&loop, UV_RUN_DEFAULT);
+      uv_close(reinterpret_cast<uv_handle_t *>(&timer), nullptr);
+      uv_run(&loop, UV_RUN_DEFAULT);
+      uv_loop_close(&loop);
+    });
+    while (ctx.tid.load() == 0) usleep(100);
+    ThreadProbe probe(ctx.tid.load());
+    bool asleep = false;
+    for (int i = 0; i < 5000 && !asleep; ++i) {
+      const ThreadSample s = probe.read();
+      asleep = s.state == 'S' && s.syscall_nr == SYS_clock_nanosleep;
+      if (!asleep) usleep(200);
+    }
+    REQUIRE(asleep);
+    Snapshot snap;
+    REQUIRE(take_snapshot(ctx.tid.load(), &snap));
+    const Stack s = unwind(snap);
+    INFO(describe(s));
+    CHECK(chain_ok(s, "uvstall_snap_nanosleep"));
+    const int outer = index_of(s, "uvstall_snap_outer");
+    const int run = index_of(s, "uv_run");
+    CHECK(outer >= 0);
+    CHECK(run > outer);
+    th.join();
+    CHECK(ctx.ret == 0);
+    CHECK(ctx.end_ns - ctx.start_ns >= 200 * kNsPerMs);
   }
 
   TEST_CASE("a thread in a loop of 1 ms sleeps gives valid snapshots or 'moved' refusals") {
