@@ -222,8 +222,12 @@ bool take_snapshot(pid_t tid, Snapshot *out, size_t window_bytes) {
     out->refusal = "not in a system call";
     return false;
   }
+  if (state_before == 'R') {
+    out->refusal = "thread moved";  // woke up since the syscall file was read
+    return false;
+  }
   if (state_before != 'S' && state_before != 'D') {
-    out->refusal = "thread moved";
+    out->refusal = "thread not sleeping (stopped or traced)";
     return false;
   }
   if (!(before.sp >= out->stack_lo && before.sp < out->stack_hi) &&
@@ -245,9 +249,11 @@ bool take_snapshot(pid_t tid, Snapshot *out, size_t window_bytes) {
     out->refusal = "cannot read /proc/self/task/TID (thread gone?)";
     return false;
   }
-  // Sleeping after with no new voluntary switch since before: the thread
-  // slept the whole time, so the copy is one consistent stack. sp and pc
-  // alone are not enough: a loop of sleeps repeats them.
+  // Asleep when read again, with no new voluntary switch since the first
+  // status read: that sleep began before the copy and lasted past it, so
+  // the copy is one consistent stack (every sleep counts a voluntary
+  // switch, D as well as S). sp and pc alone are not enough: a loop of
+  // sleeps repeats them.
   if (after.running || after.nr != before.nr || after.sp != before.sp ||
       after.pc != before.pc || sw_after != sw_before ||
       (state_after != 'S' && state_after != 'D')) {
