@@ -282,6 +282,7 @@ using DestroyFn = void (*)(unw_addr_space_t);
 using InitRemoteFn = int (*)(unw_cursor_t *, unw_addr_space_t, void *);
 using StepFn = int (*)(unw_cursor_t *);
 using GetRegFn = int (*)(unw_cursor_t *, unw_regnum_t, unw_word_t *);
+using ProcInfoFn = int (*)(unw_cursor_t *, unw_proc_info_t *);
 using PolicyFn = int (*)(unw_addr_space_t, unw_caching_policy_t);
 using FlushFn = void (*)(unw_addr_space_t, unw_word_t, unw_word_t);
 
@@ -321,6 +322,7 @@ struct Unwinder {
   InitRemoteFn init_remote = nullptr;
   StepFn step = nullptr;
   GetRegFn get_reg = nullptr;
+  ProcInfoFn proc_info = nullptr;
   PolicyFn policy = nullptr;
   FlushFn flush = nullptr;
   SearchTableFn search = nullptr;
@@ -341,6 +343,11 @@ struct UnwindCall {
   UnwindStats *stats;
   pid_t pid;        // ours, read once per unwind (getpid is a system call)
   const char *why;  // set by an accessor that refused
+  // The registers of the frame the cursor was last started from: the
+  // snapshot's, or a frame's whose rbp was recovered (see recover_rbp).
+  uintptr_t sp = 0, pc = 0, rbp = 0;
+  bool rbp_known = false;
+  bool needed_rbp = false;  // an accessor was asked for rbp and had none
 };
 
 // Size of an encoded .eh_frame_hdr value; 0 when not supported.
@@ -503,12 +510,19 @@ int access_reg(unw_addr_space_t, unw_regnum_t reg, unw_word_t *val, int write, v
   auto *call = static_cast<UnwindCall *>(arg);
   if (write) return -UNW_EINVAL;
   if (reg == UNW_X86_64_RIP) {
-    *val = call->snap->pc;
+    *val = call->pc;
     return 0;
   }
   if (reg == UNW_X86_64_RSP) {
-    *val = call->snap->sp;
+    *val = call->sp;
     return 0;
+  }
+  if (reg == UNW_X86_64_RBP) {
+    if (call->rbp_known) {
+      *val = call->rbp;
+      return 0;
+    }
+    call->needed_rbp = true;
   }
   call->why = "a frame needs a register /proc does not give";
   return -UNW_EBADREG;
@@ -594,6 +608,7 @@ bool snapshot_unwinder_init() {
       !resolve(lib, "_Ux86_64_init_remote", &u.init_remote) ||
       !resolve(lib, "_Ux86_64_step", &u.step) ||
       !resolve(lib, "_Ux86_64_get_reg", &u.get_reg) ||
+      !resolve(lib, "_Ux86_64_get_proc_info", &u.proc_info) ||
       !resolve(lib, "_Ux86_64_set_caching_policy", &u.policy) ||
       !resolve(lib, "_Ux86_64_flush_cache", &u.flush) ||
       !resolve(lib, "_Ux86_64_dwarf_search_unwind_table", &u.search)) {
@@ -641,6 +656,145 @@ void snapshot_unwinder_flush_caches() {
 
 const std::string &snapshot_unwinder_problem() { return g_unwinder->problem; }
 
+namespace {
+
+// ---- Frames whose CFA rule needs rbp (frame-pointer code, sanitizer
+// interceptors): the caller found from the stack copy, then checked. ----
+//
+// Why this works: a frame's CFI says "CFA = rbp + 16" only after its
+// function did `push rbp; mov rbp, rsp`, so its rbp is the address X of the
+// slot holding the caller's rbp, with the return address at X + 8, and X
+// lies in the copy between the frame's sp and its CFA. We look for X from
+// sp upward (kRbpScanSlots slots at most) and take the first slot where
+//   - [X + 8] is in executable text of a loaded object and the bytes before
+//     it decode as a call instruction (e8 rel32, or ff /2 with any ModRM,
+//     SIB, displacement and REX prefix); a direct call must target the
+//     frame's own function (its FDE's start, also through a PLT stub's
+//     `jmp *GOT`), so a stale return address of some other call is refused;
+//   - [X] (the caller's rbp) is 0 or a higher address in the stack mapping.
+// Then the cursor is started again from (sp, pc, rbp = X) and stepped with
+// the frame's own CFI; the step must land exactly on ([X + 8], X + 16).
+// Once rbp is known the CFI tracks it (the callee's save slot), so later
+// frames usually need no guess; every frame past a guess is still checked
+// (return address preceded by a call, sp rising), and the first that fails
+// ends the stack: fewer frames, never wrong ones. The looser alternative,
+// rbp = CFA - 16 from a pushed-rbp prologue, needs the CFA, which is what
+// rbp-based CFI cannot give without rbp; the scan is how we find it.
+constexpr int kRbpScanSlots = 512;
+constexpr int kMaxRbpGuesses = 8;  // per unwind
+
+// Reads code or data of a loaded object (never the stack) into dst.
+bool read_module(UnwindCall &call, uintptr_t addr, void *dst, size_t len) {
+  unsigned char *out = static_cast<unsigned char *>(dst);
+  for (size_t done = 0; done < len; done += sizeof(unw_word_t)) {
+    unw_word_t w;
+    const uintptr_t a = addr + done;
+    const Segment *seg = find_segment(*call.u, a);
+    if (seg == nullptr || a + sizeof w > seg->hi) return false;
+    // Not access_mem: a stack address must not be served from the copy.
+    if (access_mem(nullptr, a, &w, 0, &call) < 0) return false;
+    std::memcpy(out + done, &w, std::min(sizeof w, len - done));
+  }
+  return true;
+}
+
+// Length of an `ff /2` (call near indirect) whose ModRM byte is m and
+// which is followed by sib; 0 when m is not /2.
+int indirect_call_length(uint8_t m, uint8_t sib) {
+  if (((m >> 3) & 7) != 2) return 0;
+  const int mod = m >> 6, rm = m & 7;
+  if (mod == 3) return 2;
+  int len = 2;
+  if (rm == 4) {
+    ++len;  // SIB
+    if (mod == 0 && (sib & 7) == 5) len += 4;
+  } else if (mod == 0 && rm == 5) {
+    len += 4;  // rip-relative
+  }
+  if (mod == 1) len += 1;
+  if (mod == 2) len += 4;
+  return len;
+}
+
+// Follows a PLT stub ([endbr64] [bnd] jmp *disp32(%rip)) to its GOT target.
+uintptr_t through_plt(UnwindCall &call, uintptr_t target) {
+  unsigned char b[16];
+  if (!read_module(call, target, b, sizeof b)) return target;
+  size_t i = 0;
+  if (b[0] == 0xf3 && b[1] == 0x0f && b[2] == 0x1e && b[3] == 0xfa) i = 4;
+  if (b[i] == 0xf2) ++i;
+  if (b[i] != 0xff || b[i + 1] != 0x25) return target;
+  int32_t disp;
+  std::memcpy(&disp, b + i + 2, 4);
+  uintptr_t slot = target + i + 6 + intptr_t(disp), got = 0;
+  if (find_segment(*call.u, slot) == nullptr || !read_own(call.pid, slot, &got, sizeof got))
+    return target;
+  return got;
+}
+
+// True when ra follows a call instruction in executable text; with
+// callee != 0, a direct call must reach callee (itself or through a PLT).
+bool after_call(UnwindCall &call, uintptr_t ra, uintptr_t callee) {
+  const Segment *seg = find_segment(*call.u, ra - 1);
+  if (seg == nullptr || !seg->exec || ra < seg->lo + 8) return false;
+  unsigned char b[8];  // the 8 bytes before ra
+  if (!read_module(call, ra - 8, b, 8)) return false;
+  if (b[3] == 0xe8) {
+    int32_t rel;
+    std::memcpy(&rel, b + 4, 4);
+    const uintptr_t target = ra + intptr_t(rel);
+    if (callee == 0 || target == callee || through_plt(call, target) == callee) return true;
+  }
+  for (int start = 0; start <= 6; ++start) {  // the instruction is ra - (8 - start)
+    int op = start;
+    if (b[op] >= 0x40 && b[op] <= 0x4f) ++op;  // REX
+    if (op > 6 || b[op] != 0xff) continue;
+    const int len = indirect_call_length(b[op + 1], op + 2 < 8 ? b[op + 2] : 0);
+    if (len != 0 && op + len == 8) return true;
+  }
+  return false;
+}
+
+// The frame (sp, pc) could not be stepped because its rule needs rbp: finds
+// rbp as explained above and leaves *cursor stepped to the caller. False
+// when no candidate passes: the stack ends at this frame.
+bool recover_rbp(Unwinder &u, UnwindCall &call, unw_cursor_t *cursor, uintptr_t sp,
+                 uintptr_t pc) {
+  const Snapshot &snap = *call.snap;
+  call.sp = sp;
+  call.pc = pc;
+  call.rbp_known = false;
+  unw_cursor_t probe;
+  unw_proc_info_t pi;
+  if (u.init_remote(&probe, u.as, &call) < 0 || u.proc_info(&probe, &pi) < 0 ||
+      pi.start_ip == 0)
+    return false;
+  const uintptr_t lo = snap.sp, end = snap.sp + snap.stack_bytes;
+  const uintptr_t stack_hi = snap.stack_hi != 0 ? snap.stack_hi : end;
+  for (int i = 0; i < kRbpScanSlots; ++i) {
+    const uintptr_t x = sp + uintptr_t(i) * 8;
+    if (x < lo || x + 16 > end) break;
+    uintptr_t saved, ra;
+    std::memcpy(&saved, snap.stack() + (x - lo), 8);
+    std::memcpy(&ra, snap.stack() + (x - lo) + 8, 8);
+    if (saved != 0 && (saved <= x || saved >= stack_hi)) continue;
+    if (!after_call(call, ra, uintptr_t(pi.start_ip))) continue;
+    // The first slot that looks right is the only one tried.
+    call.rbp = x;
+    call.rbp_known = true;
+    call.why = nullptr;
+    unw_word_t ip2 = 0, sp2 = 0;
+    if (u.init_remote(cursor, u.as, &call) < 0 || u.step(cursor) <= 0 ||
+        u.get_reg(cursor, UNW_REG_IP, &ip2) < 0 || u.get_reg(cursor, UNW_REG_SP, &sp2) < 0 ||
+        ip2 != ra || sp2 != x + 16)
+      return false;
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 int unwind_snapshot(const Snapshot &snap, uintptr_t *pcs, int max, UnwindStats *stats) {
   UnwindStats local;
   UnwindStats &st = stats != nullptr ? *stats : local;
@@ -656,6 +810,8 @@ int unwind_snapshot(const Snapshot &snap, uintptr_t *pcs, int max, UnwindStats *
     return 0;
   }
   UnwindCall call{&u, &snap, &st, getpid(), nullptr};
+  call.sp = snap.sp;
+  call.pc = snap.pc;
   unw_cursor_t cursor;
   if (u.init_remote(&cursor, u.as, &call) < 0) {
     st.stop = "libunwind could not start";
@@ -678,6 +834,11 @@ int unwind_snapshot(const Snapshot &snap, uintptr_t *pcs, int max, UnwindStats *
         st.stop = "implausible frame";
         break;
       }
+      // Past a guessed rbp, every return address must also follow a call.
+      if (st.first_guessed_frame >= 0 && !after_call(call, uintptr_t(ip), 0)) {
+        st.stop = "implausible frame after a recovered rbp";
+        break;
+      }
     }
     if (n == max) {
       st.stop = "max frames";
@@ -685,7 +846,18 @@ int unwind_snapshot(const Snapshot &snap, uintptr_t *pcs, int max, UnwindStats *
     }
     pcs[n++] = uintptr_t(ip);
     prev_sp = uintptr_t(sp);
-    const int r = u.step(&cursor);
+    call.needed_rbp = false;
+    int r = u.step(&cursor);
+    if (r < 0 && call.needed_rbp && st.rbp_guesses < kMaxRbpGuesses) {
+      ++st.rbp_guesses;
+      if (recover_rbp(u, call, &cursor, uintptr_t(sp), uintptr_t(ip))) {
+        if (st.first_guessed_frame < 0) st.first_guessed_frame = n;
+        r = 1;
+      } else {
+        st.stop = "a frame needs rbp and no saved rbp passed the checks";
+        break;
+      }
+    }
     if (r == 0) {
       st.stop = "end of stack";
       break;

@@ -75,6 +75,12 @@ struct UnwindStats {
   int fallback_reads = 0;  // process_vm_readv calls for memory outside the window
   int cached_reads = 0;    // reads served by the page cache of module memory
   int refused_reads = 0;   // reads outside the window and every module: refused
+  // Frames [first_guessed_frame, frames) were found through an rbp
+  // recovered from the stack copy (a frame whose rule needs rbp, which /proc
+  // does not give; see snapshot.cc): checked, but not proven by the
+  // tables alone. -1: none.
+  int first_guessed_frame = -1;
+  int rbp_guesses = 0;     // recoveries tried (each either found the caller or ended the stack)
   const char *stop = "";   // why the unwind ended: "end of stack", "no unwind info"...
 };
 
@@ -96,8 +102,10 @@ const std::string &snapshot_unwinder_problem();
 
 // Unwinds an accepted snapshot into pcs: pcs[0] is the snapshot's pc, the
 // others return addresses (look them up at pc - 1). Only what the copy and
-// the unwind tables prove: a frame that needs a register /proc did not give
-// (rbp), or memory past the window, ends the stack. Returns the number of
+// the unwind tables prove, with one checked exception: for a frame whose
+// rule needs rbp (which /proc does not give) rbp is recovered from the copy
+// and the frames it leads to are marked (stats->first_guessed_frame); a
+// recovery that fails its checks, or memory past the window, ends the stack. Returns the number of
 // frames (0 when the unwinder is not initialized). Serialized: one unwind
 // at a time in the process.
 int unwind_snapshot(const Snapshot &snap, uintptr_t *pcs, int max,
