@@ -664,22 +664,30 @@ namespace {
 // Why this works: a frame's CFI says "CFA = rbp + 16" only after its
 // function did `push rbp; mov rbp, rsp`, so its rbp is the address X of the
 // slot holding the caller's rbp, with the return address at X + 8, and X
-// lies in the copy between the frame's sp and its CFA. We look for X from
-// sp upward (kRbpScanSlots slots at most) and take the first slot where
+// lies in the copy between the frame's sp and its CFA. X is taken from the
+// code when it can be: a prologue `push rbp; mov rbp,rsp; push...; sub N`
+// (decoded from the FDE's start, found by libunwind) puts it at
+// sp + 8 * pushes + N at every call site of the body. Otherwise the copy
+// is scanned from sp upward (kRbpScanSlots slots at most). Either slot is
+// taken only if
+//   - [X] (the caller's rbp) is 0 or a higher address in the stack mapping;
 //   - [X + 8] is in executable text of a loaded object and the bytes before
-//     it decode as a call instruction (e8 rel32, or ff /2 with any ModRM,
-//     SIB, displacement and REX prefix); a direct call must target the
-//     frame's own function (its FDE's start, also through a PLT stub's
-//     `jmp *GOT`), so a stale return address of some other call is refused;
-//   - [X] (the caller's rbp) is 0 or a higher address in the stack mapping.
+//     it decode as a call (e8 rel32, or ff /2 with any ModRM, SIB,
+//     displacement and REX prefix) that reaches this frame's function:
+//     directly, through a PLT stub's `jmp *GOT`, or `call *disp(%rip)`.
+//     Only the prologue's slot may follow any call (through a register, or
+//     to a wrapper that tail-calls this function): a scanned slot can be a stale frame that
+//     an earlier call left in the locals (libasan's interceptors have 2 KiB
+//     of them, and gave a wrong, self-consistent old chain when any call
+//     was accepted), and only a proven target rules that out.
 // Then the cursor is started again from (sp, pc, rbp = X) and stepped with
 // the frame's own CFI; the step must land exactly on ([X + 8], X + 16).
 // Once rbp is known the CFI tracks it (the callee's save slot), so later
 // frames usually need no guess; every frame past a guess is still checked
 // (return address preceded by a call, sp rising), and the first that fails
-// ends the stack: fewer frames, never wrong ones. The looser alternative,
-// rbp = CFA - 16 from a pushed-rbp prologue, needs the CFA, which is what
-// rbp-based CFI cannot give without rbp; the scan is how we find it.
+// ends the stack: fewer frames, never wrong ones. Restarting the cursor
+// loses what libunwind knew of other callee-saved registers; CFA rules use
+// rsp or rbp only, so that costs nothing here.
 constexpr int kRbpScanSlots = 512;
 constexpr int kMaxRbpGuesses = 8;  // per unwind
 
@@ -732,9 +740,12 @@ uintptr_t through_plt(UnwindCall &call, uintptr_t target) {
   return got;
 }
 
-// True when ra follows a call instruction in executable text; with
-// callee != 0, a direct call must reach callee (itself or through a PLT).
-bool after_call(UnwindCall &call, uintptr_t ra, uintptr_t callee) {
+// True when ra follows a call instruction in executable text. With
+// callee != 0 the call must reach callee: a direct call (itself or through
+// a PLT stub) or `call *disp32(%rip)` whose slot holds callee; any other
+// indirect call (through a register or memory we cannot see) only when
+// allow_unresolved.
+bool after_call(UnwindCall &call, uintptr_t ra, uintptr_t callee, bool allow_unresolved) {
   const Segment *seg = find_segment(*call.u, ra - 1);
   if (seg == nullptr || !seg->exec || ra < seg->lo + 8) return false;
   unsigned char b[8];  // the 8 bytes before ra
@@ -745,6 +756,14 @@ bool after_call(UnwindCall &call, uintptr_t ra, uintptr_t callee) {
     const uintptr_t target = ra + intptr_t(rel);
     if (callee == 0 || target == callee || through_plt(call, target) == callee) return true;
   }
+  if (b[2] == 0xff && b[3] == 0x15 && callee != 0) {  // call *disp32(%rip)
+    int32_t disp;
+    std::memcpy(&disp, b + 4, 4);
+    uintptr_t target = 0;
+    if (read_module(call, ra + intptr_t(disp), &target, sizeof target) && target == callee)
+      return true;
+  }
+  if (callee != 0 && !allow_unresolved) return false;
   for (int start = 0; start <= 6; ++start) {  // the instruction is ra - (8 - start)
     int op = start;
     if (b[op] >= 0x40 && b[op] <= 0x4f) ++op;  // REX
@@ -753,6 +772,70 @@ bool after_call(UnwindCall &call, uintptr_t ra, uintptr_t callee) {
     if (len != 0 && op + len == 8) return true;
   }
   return false;
+}
+
+// Bytes of a ModRM operand (ModRM, SIB, displacement) starting at p[0].
+int modrm_length(const unsigned char *p) {
+  const int mod = p[0] >> 6, rm = p[0] & 7;
+  if (mod == 3) return 1;
+  int len = 1;
+  if (rm == 4) {
+    ++len;
+    if (mod == 0 && (p[1] & 7) == 5) len += 4;
+  } else if (mod == 0 && rm == 5) {
+    len += 4;
+  }
+  return len + (mod == 1 ? 1 : mod == 2 ? 4 : 0);
+}
+
+// For a function that starts [endbr64] push %rbp; mov %rsp,%rbp, then
+// pushes registers and ends its prologue with sub $N,%rsp (moves and lea
+// that leave rsp alone may be scheduled in between): rbp - sp in its body,
+// 8 per push plus N. -1 for any other prologue, or one pc has not passed.
+long prologue_frame_bytes(UnwindCall &call, uintptr_t start, uintptr_t pc) {
+  unsigned char b[64 + 16];
+  if (!read_module(call, start, b, 64)) return -1;
+  std::memset(b + 64, 0, 16);
+  size_t i = 0;
+  if (b[0] == 0xf3 && b[1] == 0x0f && b[2] == 0x1e && b[3] == 0xfa) i = 4;
+  if (b[i] != 0x55) return -1;
+  ++i;
+  if (!(b[i] == 0x48 && ((b[i + 1] == 0x89 && b[i + 2] == 0xe5) ||
+                         (b[i + 1] == 0x8b && b[i + 2] == 0xec))))
+    return -1;
+  i += 3;
+  long bytes = 0;
+  while (i < 64) {
+    unsigned rex = 0;
+    if (b[i] >= 0x40 && b[i] <= 0x4f) rex = b[i++];
+    const unsigned char op = b[i];
+    if (op >= 0x50 && op <= 0x57 && (rex == 0 || rex == 0x41)) {
+      if (op == 0x54 && !(rex & 1)) return -1;  // push %rsp
+      bytes += 8;
+      i += 1;
+    } else if ((rex & 8) && op == 0x83 && b[i + 1] == 0xec) {  // sub $imm8,%rsp
+      bytes += static_cast<int8_t>(b[i + 2]);
+      i += 3;
+      break;
+    } else if ((rex & 8) && op == 0x81 && b[i + 1] == 0xec) {  // sub $imm32,%rsp
+      int32_t imm;
+      std::memcpy(&imm, b + i + 2, 4);
+      bytes += imm;
+      i += 6;
+      break;
+    } else if (op == 0x89 || op == 0x8b || op == 0x8d) {
+      // mov r/m,reg / mov reg,r/m / lea: rsp is the destination only as
+      // r/m of 0x89 with mod 3, or as reg of 0x8b and 0x8d.
+      const unsigned char m = b[i + 1];
+      if (op == 0x89 && (m >> 6) == 3 && (m & 7) == 4 && !(rex & 1)) return -1;
+      if (op != 0x89 && ((m >> 3) & 7) == 4 && !(rex & 4)) return -1;
+      i += 1 + size_t(modrm_length(b + i + 1));
+    } else {
+      return -1;
+    }
+  }
+  if (i >= 64 || start + i > pc || bytes < 0) return -1;
+  return bytes;
 }
 
 // The frame (sp, pc) could not be stepped because its rule needs rbp: finds
@@ -771,15 +854,27 @@ bool recover_rbp(Unwinder &u, UnwindCall &call, unw_cursor_t *cursor, uintptr_t 
     return false;
   const uintptr_t lo = snap.sp, end = snap.sp + snap.stack_bytes;
   const uintptr_t stack_hi = snap.stack_hi != 0 ? snap.stack_hi : end;
-  for (int i = 0; i < kRbpScanSlots; ++i) {
-    const uintptr_t x = sp + uintptr_t(i) * 8;
-    if (x < lo || x + 16 > end) break;
+  const uintptr_t callee = uintptr_t(pi.start_ip);
+  // The slot the prologue puts rbp at, if it can be decoded; then the scan.
+  const long pro = prologue_frame_bytes(call, callee, pc);
+  for (int i = pro >= 0 ? -1 : 0; i < kRbpScanSlots; ++i) {
+    const uintptr_t x = i < 0 ? sp + uintptr_t(pro) : sp + uintptr_t(i) * 8;
+    if (x < lo || x + 16 > end) {
+      if (i < 0) continue;
+      break;
+    }
     uintptr_t saved, ra;
     std::memcpy(&saved, snap.stack() + (x - lo), 8);
     std::memcpy(&ra, snap.stack() + (x - lo) + 8, 8);
     if (saved != 0 && (saved <= x || saved >= stack_hi)) continue;
-    if (!after_call(call, ra, uintptr_t(pi.start_ip))) continue;
-    // The first slot that looks right is the only one tried.
+    // A scanned slot may be a stale frame left in the locals by an earlier
+    // call (libasan's interceptors have 2 KiB of them): only a call proven
+    // to reach this function will do. The prologue's slot is not a guess
+    // of place, so any call is accepted there (a wrapper that tail-calls
+    // this function, like libasan's __interceptor_read into its .part.0,
+    // leaves its own caller's direct call to the wrapper).
+    if (!(i < 0 ? after_call(call, ra, 0, true) : after_call(call, ra, callee, false))) continue;
+    // The first slot that passes is the only one tried.
     call.rbp = x;
     call.rbp_known = true;
     call.why = nullptr;
@@ -835,7 +930,7 @@ int unwind_snapshot(const Snapshot &snap, uintptr_t *pcs, int max, UnwindStats *
         break;
       }
       // Past a guessed rbp, every return address must also follow a call.
-      if (st.first_guessed_frame >= 0 && !after_call(call, uintptr_t(ip), 0)) {
+      if (st.first_guessed_frame >= 0 && !after_call(call, uintptr_t(ip), 0, true)) {
         st.stop = "implausible frame after a recovered rbp";
         break;
       }

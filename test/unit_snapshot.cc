@@ -178,6 +178,14 @@ bool chain_ok(const Stack &s, const char *blocker) {
   const int first = index_of(s, blocker);
   if (first < 0) return false;
   if (!links_ok(s, first, {blocker, kChain[0], kChain[1], kChain[2]})) return false;
+  for (int i = 0; i < first; ++i) {
+    const auto &f = s.frames[size_t(i)];
+    if (f.module == nullptr) return false;
+    const std::string &p = f.module->path;
+    if (!sanitizer_frame(f) && p.find("libc.so") == std::string::npos &&
+        p.find("vdso") == std::string::npos)
+      return false;
+  }
   for (const auto &f : s.frames)
     if (f.module == nullptr) return false;
   return true;
