@@ -667,8 +667,9 @@ namespace {
 // lies in the copy between the frame's sp and its CFA. X is taken from the
 // code when it can be: a prologue `push rbp; mov rbp,rsp; push...; sub N`
 // (decoded from the FDE's start, found by libunwind) puts it at
-// sp + 8 * pushes + N at every call site of the body. Otherwise the copy
-// is scanned from sp upward (kRbpScanSlots slots at most). Either slot is
+// sp + 8 * pushes + N at every call site of the body where sp did not
+// move. The copy is also scanned from sp upward (kRbpScanSlots slots at
+// most); recover_rbp says in which order the two are tried. A slot is
 // taken only if
 //   - [X] (the caller's rbp) is 0 or a higher address in the stack mapping;
 //   - [X + 8] is in executable text of a loaded object and the bytes before
@@ -856,36 +857,45 @@ bool recover_rbp(Unwinder &u, UnwindCall &call, unw_cursor_t *cursor, uintptr_t 
   const uintptr_t stack_hi = snap.stack_hi != 0 ? snap.stack_hi : end;
   const uintptr_t callee = uintptr_t(pi.start_ip);
   // The slot the prologue puts rbp at, if it can be decoded; then the scan.
+  // A slot is tried in this order, the first that passes its checks the
+  // only one stepped from: (1) the prologue's slot behind a call proven to
+  // reach this function; (2) the first scanned slot behind such a call;
+  // (3) the prologue's slot behind any call (through a register, or to a
+  // wrapper that tail-calls this function, like libasan's
+  // __interceptor_read into its .part.0). A scanned slot may be a stale
+  // frame left in the locals by an earlier call (libasan's interceptors
+  // have 2 KiB of them), hence never (3) for it; the prologue's slot is
+  // wrong only where sp moved in the body (alloca, pushed arguments), hence
+  // (1) and (2) before (3).
   const long pro = prologue_frame_bytes(call, callee, pc);
-  for (int i = pro >= 0 ? -1 : 0; i < kRbpScanSlots; ++i) {
-    const uintptr_t x = i < 0 ? sp + uintptr_t(pro) : sp + uintptr_t(i) * 8;
-    if (x < lo || x + 16 > end) {
-      if (i < 0) continue;
-      break;
-    }
-    uintptr_t saved, ra;
+  auto passes = [&](uintptr_t x, bool proven, uintptr_t *ra) {
+    if (x < lo || x + 16 > end) return false;
+    uintptr_t saved;
     std::memcpy(&saved, snap.stack() + (x - lo), 8);
-    std::memcpy(&ra, snap.stack() + (x - lo) + 8, 8);
-    if (saved != 0 && (saved <= x || saved >= stack_hi)) continue;
-    // A scanned slot may be a stale frame left in the locals by an earlier
-    // call (libasan's interceptors have 2 KiB of them): only a call proven
-    // to reach this function will do. The prologue's slot is not a guess
-    // of place, so any call is accepted there (a wrapper that tail-calls
-    // this function, like libasan's __interceptor_read into its .part.0,
-    // leaves its own caller's direct call to the wrapper).
-    if (!(i < 0 ? after_call(call, ra, 0, true) : after_call(call, ra, callee, false))) continue;
-    // The first slot that passes is the only one tried.
-    call.rbp = x;
-    call.rbp_known = true;
-    call.why = nullptr;
-    unw_word_t ip2 = 0, sp2 = 0;
-    if (u.init_remote(cursor, u.as, &call) < 0 || u.step(cursor) <= 0 ||
-        u.get_reg(cursor, UNW_REG_IP, &ip2) < 0 || u.get_reg(cursor, UNW_REG_SP, &sp2) < 0 ||
-        ip2 != ra || sp2 != x + 16)
-      return false;
-    return true;
+    std::memcpy(ra, snap.stack() + (x - lo) + 8, 8);
+    if (saved != 0 && (saved <= x || saved >= stack_hi)) return false;
+    return proven ? after_call(call, *ra, callee, false) : after_call(call, *ra, 0, true);
+  };
+  uintptr_t x = 0, ra = 0;
+  bool found = pro >= 0 && passes(sp + uintptr_t(pro), true, &ra);
+  if (found) x = sp + uintptr_t(pro);
+  for (int i = 0; !found && i < kRbpScanSlots; ++i) {
+    x = sp + uintptr_t(i) * 8;
+    if (x + 16 > end) break;
+    found = passes(x, true, &ra);
   }
-  return false;
+  if (!found && pro >= 0) {
+    x = sp + uintptr_t(pro);
+    found = passes(x, false, &ra);
+  }
+  if (!found) return false;
+  call.rbp = x;
+  call.rbp_known = true;
+  call.why = nullptr;
+  unw_word_t ip2 = 0, sp2 = 0;
+  return u.init_remote(cursor, u.as, &call) >= 0 && u.step(cursor) > 0 &&
+         u.get_reg(cursor, UNW_REG_IP, &ip2) >= 0 && u.get_reg(cursor, UNW_REG_SP, &sp2) >= 0 &&
+         ip2 == ra && sp2 == x + 16;
 }
 
 }  // namespace

@@ -58,6 +58,10 @@ long uvstall_snapfp_middle(BlockFn fn, void *arg);
 __attribute__((noinline)) long uvstall_snapfp_outer(BlockFn fn, void *arg) {
   return keep_frame(uvstall_snapfp_middle(fn, arg));
 }
+long uvstall_snapfp_alloca_middle(BlockFn fn, void *arg);
+__attribute__((noinline)) long uvstall_snapfp_alloca_outer(BlockFn fn, void *arg) {
+  return keep_frame(uvstall_snapfp_alloca_middle(fn, arg));
+}
 }
 
 namespace {
@@ -520,6 +524,30 @@ TEST_SUITE("snapshot") {
     b.th.join();
     CHECK(b.ret == 0);
     CHECK(b.end_ns - b.start_ns >= 300 * kNsPerMs);
+  }
+
+  TEST_CASE("a -O0 frame whose sp moves (alloca) is unwound through the proven scan, never the prologue's slot") {
+    static Init init;
+    REQUIRE(snapshot_unwinder_problem().empty());
+    Timed t{100};
+    Blocked b(uvstall_snap_nanosleep, &t, uvstall_snapfp_alloca_outer);
+    REQUIRE(wait_blocked(b, {SYS_nanosleep, SYS_clock_nanosleep}));
+    Snapshot snap;
+    REQUIRE(take_snapshot(b.tid.load(), &snap));
+    const Stack s = unwind(snap);
+    INFO(describe(s));
+    INFO("first guessed frame: ", s.stats.first_guessed_frame);
+    const int first = index_of(s, "uvstall_snap_nanosleep");
+    REQUIRE(first >= 0);
+    CHECK(links_ok(s, first, {"uvstall_snap_nanosleep", "uvstall_snap_inner",
+                              "uvstall_snapfp_alloca_middle", "uvstall_snapfp_alloca_outer"}));
+    for (const auto &f : s.frames) CHECK(f.module.get() != nullptr);
+    const int outer = index_of(s, "uvstall_snapfp_alloca_outer");
+    CHECK(outer > first);
+    if (s.stats.rbp_guesses > 0) CHECK(s.stats.first_guessed_frame <= outer);
+    b.th.join();
+    CHECK(b.ret == 0);
+    CHECK(b.end_ns - b.start_ns >= 100 * kNsPerMs);
   }
 
   TEST_CASE("a small window cuts the stack where it ends: fewer frames, all right") {

@@ -9,3 +9,14 @@ long uvstall_snapfp_middle(long (*fn)(void *), void *arg) {
   long r = uvstall_snap_inner(fn, arg);
   return r;
 }
+
+/* The same link with alloca: sp moves in the body, so the slot its
+ * prologue implies is wrong at the call (it lands in the zeroed buffer)
+ * and rbp must come from the proven scan instead. */
+long uvstall_snapfp_alloca_middle(long (*fn)(void *), void *arg) {
+  volatile char *buf = __builtin_alloca(256);
+  for (int i = 0; i < 256; ++i) buf[i] = 0;
+  long r = uvstall_snap_inner(fn, arg);
+  buf[0] = (char)r;
+  return r;
+}
