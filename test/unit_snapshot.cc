@@ -195,6 +195,19 @@ bool chain_ok(const Stack &s, const char *blocker) {
   return true;
 }
 
+// For a chain through an -O0 link: the index of `outer` when the stack is
+// nanosleep's blocker, the inner link, `middle` and `outer` in order (only
+// sanitizer frames between) with every frame in a module; -1 otherwise.
+int fp_chain_outer(const Stack &s, const char *middle, const char *outer) {
+  const int first = index_of(s, "uvstall_snap_nanosleep");
+  if (first < 0 || !links_ok(s, first, {"uvstall_snap_nanosleep", "uvstall_snap_inner",
+                                        middle, outer}))
+    return -1;
+  for (const auto &f : s.frames)
+    if (f.module == nullptr) return -1;
+  return index_of(s, outer);
+}
+
 // Snapshot, unwind and check one blocked thread.
 void check_snapshot(const Blocked &b, const char *blocker) {
   Snapshot snap;
@@ -489,13 +502,9 @@ TEST_SUITE("snapshot") {
       const Stack s = unwind(snap);
       INFO(describe(s));
       INFO("first guessed frame: ", s.stats.first_guessed_frame);
-      const int first = index_of(s, "uvstall_snap_nanosleep");
-      REQUIRE(first >= 0);
       // Through the -O0 frame (its rule needs rbp) to the outer caller.
-      CHECK(links_ok(s, first, {"uvstall_snap_nanosleep", "uvstall_snap_inner",
-                                "uvstall_snapfp_middle", "uvstall_snapfp_outer"}));
-      const int outer = index_of(s, "uvstall_snapfp_outer");
-      REQUIRE(outer > first);
+      const int outer = fp_chain_outer(s, "uvstall_snapfp_middle", "uvstall_snapfp_outer");
+      REQUIRE(outer > 0);
       // The caller of the -O0 frame, and all after it, are marked guessed
       // (under ASan an earlier, instrumented frame may already need the
       // guess). A sanitizer's interceptor below the chain may instead save
@@ -510,7 +519,6 @@ TEST_SUITE("snapshot") {
         CHECK(s.stats.first_guessed_frame <= outer);
       }
       if (s.stats.first_guessed_frame >= 0) ++guessed;
-      for (const auto &f : s.frames) CHECK(f.module.get() != nullptr);
       // The thread's start: std::thread's _M_run, then libstdc++ and libc
       // to the end of the stack.
       bool run = false;
@@ -537,13 +545,9 @@ TEST_SUITE("snapshot") {
     const Stack s = unwind(snap);
     INFO(describe(s));
     INFO("first guessed frame: ", s.stats.first_guessed_frame);
-    const int first = index_of(s, "uvstall_snap_nanosleep");
-    REQUIRE(first >= 0);
-    CHECK(links_ok(s, first, {"uvstall_snap_nanosleep", "uvstall_snap_inner",
-                              "uvstall_snapfp_alloca_middle", "uvstall_snapfp_alloca_outer"}));
-    for (const auto &f : s.frames) CHECK(f.module.get() != nullptr);
-    const int outer = index_of(s, "uvstall_snapfp_alloca_outer");
-    CHECK(outer > first);
+    const int outer =
+        fp_chain_outer(s, "uvstall_snapfp_alloca_middle", "uvstall_snapfp_alloca_outer");
+    CHECK(outer > 0);
     if (s.stats.rbp_guesses > 0) CHECK(s.stats.first_guessed_frame <= outer);
     b.th.join();
     CHECK(b.ret == 0);
