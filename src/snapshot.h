@@ -1,0 +1,119 @@
+// Snapshot unwinder: the stack of another thread of this process, taken
+// while that thread sleeps in a system call, without a signal, and unwound
+// later from the copy. Called by the sentinel (or a test) on its own thread;
+// it never stops, signals or writes to the target thread, never calls
+// dl_iterate_phdr during a snapshot or an unwind (the unwind tables are read
+// at snapshot_unwinder_init/refresh, outside any stall), and reads memory
+// only with process_vm_readv, which fails instead of faulting.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace uvstall::internal {
+
+// A stack window that holds the frames of common host code (libuv, glibc,
+// a few dozen callers); a longer stack is cut where the window ends.
+constexpr size_t kSnapshotWindowBytes = 64 * 1024;
+
+// One thread's registers as /proc/self/task/TID/syscall shows them.
+struct SyscallRegs {
+  bool running = false;  // "running": no registers to give
+  long nr = -1;          // -1: blocked, but not in a system call
+  uintptr_t sp = 0;
+  uintptr_t pc = 0;
+};
+
+// One snapshot, and the buffers and open files reused by the next one
+// (take_snapshot allocates only when the window grows).
+struct Snapshot {
+  Snapshot() = default;
+  ~Snapshot();
+  Snapshot(const Snapshot &) = delete;
+  Snapshot &operator=(const Snapshot &) = delete;
+
+  // What the last accepted take_snapshot saw.
+  pid_t tid = 0;
+  char state = '?';            // S or D: sleeping, disk wait
+  long syscall_nr = -1;
+  uintptr_t sp = 0;            // user stack pointer at syscall entry
+  uintptr_t pc = 0;            // user instruction pointer after the syscall
+  uint64_t voluntary_switches = 0;
+  size_t stack_bytes = 0;      // bytes copied from sp (less at a mapping's end)
+  uintptr_t stack_lo = 0;      // the mapping holding sp; 0, 0: not known
+  uintptr_t stack_hi = 0;
+  // Static text saying why the last take_snapshot returned false.
+  const char *refusal = "";
+
+  const unsigned char *stack() const { return buffer.data(); }
+
+  // Reused between snapshots: not part of the result.
+  std::vector<unsigned char> buffer;
+  pid_t files_tid = 0;
+  int syscall_fd = -1;
+  int status_fd = -1;
+  char text[4096];
+};
+
+// Takes the thread's stack if it sleeps in a system call: reads its
+// syscall registers and voluntary context switches, copies
+// [sp, sp + window_bytes) (clipped at the end of the stack mapping) with one
+// process_vm_readv, and reads both again. True only when the syscall
+// number, sp, pc and switch count are unchanged: the thread did not run in
+// between, so the copy is one consistent stack. False with out->refusal
+// set otherwise ("thread running", "not in a system call", "thread moved",
+// ...). `tid` must be a thread of this process.
+bool take_snapshot(pid_t tid, Snapshot *out, size_t window_bytes = kSnapshotWindowBytes);
+
+// What one unwind did.
+struct UnwindStats {
+  int frames = 0;
+  int fallback_reads = 0;  // process_vm_readv calls for memory outside the window
+  int cached_reads = 0;    // reads served by the page cache of module memory
+  int refused_reads = 0;   // reads outside the window and every module: refused
+  // Frames [first_guessed_frame, frames) were found through an rbp
+  // recovered from the stack copy (a frame whose rule needs rbp, which /proc
+  // does not give; see snapshot.cc): checked, but not proven by the
+  // tables alone. -1: none.
+  int first_guessed_frame = -1;
+  int rbp_guesses = 0;     // recoveries tried (each either found the caller or ended the stack)
+  const char *stop = "";   // why the unwind ended: "end of stack", "no unwind info"...
+};
+
+// Loads libunwind-x86_64.so.8 (dlopen RTLD_LOCAL, never linked) and reads
+// the unwind tables of every loaded object. Takes the loader lock: call it
+// at start, never during a stall. False, with snapshot_unwinder_problem()
+// saying why, when the remote unwinder is not available.
+bool snapshot_unwinder_init();
+// Re-reads the unwind tables (objects loaded or unloaded since) and drops
+// every cache. Takes the loader lock, like init. Until it runs, a pc in an
+// object loaded since ends the stack ("no unwind info for a pc"); an
+// object unloaded since, with another mapped at its address, would be
+// unwound with stale tables: call it after the host loads or unloads code.
+void snapshot_unwinder_refresh();
+// Drops libunwind's and our caches: the next unwind is a cold one
+// (benchmarks measure it).
+void snapshot_unwinder_flush_caches();
+const std::string &snapshot_unwinder_problem();
+
+// Unwinds an accepted snapshot into pcs: pcs[0] is the snapshot's pc, the
+// others return addresses (look them up at pc - 1). Only what the copy and
+// the unwind tables prove, with one checked exception: for a frame whose
+// rule needs rbp (which /proc does not give) rbp is recovered from the copy
+// and the frames it leads to are marked (stats->first_guessed_frame); a
+// recovery that fails its checks, or memory past the window, ends the stack. Returns the number of
+// frames (0 when the unwinder is not initialized). Serialized: one unwind
+// at a time in the process.
+int unwind_snapshot(const Snapshot &snap, uintptr_t *pcs, int max,
+                    UnwindStats *stats = nullptr);
+
+// Parsers, exposed for tests.
+bool parse_syscall_regs(const char *text, size_t len, SyscallRegs *out);
+bool parse_status_switches(const char *text, size_t len, char *state,
+                           uint64_t *voluntary_switches);
+
+}  // namespace uvstall::internal
