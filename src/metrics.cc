@@ -15,15 +15,23 @@ namespace uvstall::internal {
 
 LoopCounters read_counters(Watch *w, bool histograms) {
   LoopCounters c;
-  c.ticks = w->ticks.load(std::memory_order_relaxed);
+  // ticks, lag and delay as of the same tick (Watch::beat_seq). A tick is a
+  // few stores, so a retry is rare; after 100 the copy is taken as it is
+  // (a loop thread stopped inside a tick, e.g. by a debugger).
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    const uint64_t seq = w->beat_seq.load(std::memory_order_acquire);
+    c.ticks = w->ticks.load(std::memory_order_relaxed);
+    if (histograms) {
+      w->lag->snapshot(&c.lag);
+      w->delay->snapshot(&c.delay);
+    }
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (seq % 2 == 0 && w->beat_seq.load(std::memory_order_relaxed) == seq) break;
+  }
   c.stalls = w->stalls.load(std::memory_order_relaxed);
   c.stalled_ns = w->stalled_ns_total.load(std::memory_order_relaxed);
   c.written = w->counters->written.load(std::memory_order_relaxed);
   c.dropped = w->counters->dropped.load(std::memory_order_relaxed);
-  if (histograms) {
-    w->lag->snapshot(&c.lag);
-    w->delay->snapshot(&c.delay);
-  }
   {
     // libuv guards the idle time with a mutex of its own so that other
     // threads may read it; w->mu keeps the loop from being stopped (and

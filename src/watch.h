@@ -149,6 +149,10 @@ struct Watch {
   // view). Allocated with the watch: a tick only stores into them.
   std::unique_ptr<LatencyHistogram> lag = std::make_unique<LatencyHistogram>();
   std::unique_ptr<LatencyHistogram> delay = std::make_unique<LatencyHistogram>();
+  // A sequence count around each tick's stores (odd while a tick writes),
+  // so that a reader copies ticks, lag and delay of the same ticks: without
+  // it a metrics window could hold a tick's lag but not yet its delay.
+  std::atomic<uint64_t> beat_seq{0};
   // When the previous tick ran (the next is due one interval later), and
   // how late it was. Relaxed: readers only estimate the current lag.
   std::atomic<uint64_t> last_tick_ns{0};
@@ -213,6 +217,9 @@ inline void watch_alive(Watch *w, uint64_t now_ns) { watch_alive(w, now_ns, now_
 // (a few relaxed stores; after a delay of two intervals or more, one store
 // per bucket the hidden ticks fall in, see hist_expand).
 inline void watch_beat(Watch *w, uint64_t now_ns) {
+  const uint64_t seq = w->beat_seq.load(std::memory_order_relaxed);
+  w->beat_seq.store(seq + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
   w->ticks.store(w->ticks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   const uint64_t interval_ns = uint64_t(w->cfg.interval_ms) * kNsPerMs;
   const uint64_t due = w->last_tick_ns.load(std::memory_order_relaxed) + interval_ns;
@@ -221,6 +228,7 @@ inline void watch_beat(Watch *w, uint64_t now_ns) {
   w->last_late_us.store(late_us, std::memory_order_relaxed);
   w->lag->record(late_us);
   w->delay->record_expanded(late_us, interval_ns / 1000);
+  w->beat_seq.store(seq + 2, std::memory_order_release);
   watch_alive(w, now_ns);
 }
 
