@@ -8,7 +8,9 @@
 //     through a fixed table, after checking the request generation and tid;
 //   - calls only: getpid/gettid (syscalls), clock_gettime (vDSO),
 //     sem_post, sigprocmask (only when chaining), sigaction and tgkill
-//     (only when chaining to a default action), and libunwind's
+//     (only when chaining to a default action), process_vm_readv on our
+//     own pid (two bytes of code, which it reads instead of dereferencing:
+//     it fails where a load would fault), and libunwind's
 //     unw_init_local2 / unw_get_reg / unw_step for the local address space;
 //   - never calls malloc, stdio, dladdr, unw_get_proc_name, C++ exceptions,
 //     JSON code or any lock of ours, and never blocks;
@@ -41,6 +43,7 @@
 #include <dlfcn.h>
 #include <signal.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -153,6 +156,25 @@ void unwind_into(CaptureSlot *slot, void *uc) {
   slot->nframes = n;
 }
 
+// [handler] True when the signal interrupted a system call that now
+// returns -EINTR to the host: rax holds -EINTR and the two bytes before the
+// resume address are a `syscall` instruction (0f 05). The kernel set both
+// up before calling us (arch/x86/kernel/signal.c: ERESTARTNOHAND and
+// ERESTART_RESTARTBLOCK become EINTR when a handler runs; ERESTARTSYS too
+// without SA_RESTART); a call it restarts has rip moved back onto the
+// instruction instead and is not counted.
+bool interrupted_a_syscall(void *uc) {
+  if (uc == nullptr) return false;
+  const mcontext_t &m = static_cast<ucontext_t *>(uc)->uc_mcontext;
+  if (m.gregs[REG_RAX] != -EINTR) return false;
+  const uintptr_t rip = uintptr_t(m.gregs[REG_RIP]);
+  unsigned char code[2] = {0, 0};
+  struct iovec local = {code, sizeof code};
+  struct iovec remote = {reinterpret_cast<void *>(rip - 2), sizeof code};
+  if (syscall(SYS_process_vm_readv, getpid(), &local, 1UL, &remote, 1UL, 0UL) != 2) return false;
+  return code[0] == 0x0f && code[1] == 0x05;
+}
+
 // [handler]
 void on_signal(int sig, siginfo_t *info, void *uc) {
   const int saved_errno = errno;
@@ -168,16 +190,20 @@ void on_signal(int sig, siginfo_t *info, void *uc) {
   const uint64_t gen = word & kGenMask;
   CaptureSlot *slot =
       index < kMaxSlots ? g_table[index].load(std::memory_order_acquire) : nullptr;
-  if (slot == nullptr ||
-      slot->request_gen.load(std::memory_order_acquire) != gen ||
-      slot->tid != pid_t(syscall(SYS_gettid))) {
+  const bool mine = slot != nullptr && slot->tid == pid_t(syscall(SYS_gettid));
+  const bool interrupted = interrupted_a_syscall(uc);
+  if (mine && interrupted) slot->interrupted_total.fetch_add(1, std::memory_order_relaxed);
+  if (!mine || slot->request_gen.load(std::memory_order_acquire) != gen) {
     g_stale.fetch_add(1, std::memory_order_relaxed);
     errno = saved_errno;
     return;
   }
+  slot->in_handler.store(1, std::memory_order_seq_cst);
   slot->t_enter_ns = mono_ns();
+  slot->interrupted_syscall = interrupted;
   unwind_into(slot, uc);
   slot->t_exit_ns = mono_ns();
+  slot->in_handler.store(0, std::memory_order_release);
   slot->done_gen.store(gen, std::memory_order_release);
   if (g_wake != nullptr) sem_post(g_wake);
   errno = saved_errno;
@@ -280,6 +306,8 @@ int capture_acquire(uint32_t max_frames) {
   slot->max_frames = max_frames;
   slot->request_gen.store(0, std::memory_order_relaxed);
   slot->done_gen.store(0, std::memory_order_relaxed);
+  slot->interrupted_total.store(0, std::memory_order_relaxed);
+  slot->in_handler.store(0, std::memory_order_relaxed);
   slot->nframes = 0;
   g_table[index].store(slot, std::memory_order_release);
   return index;

@@ -45,7 +45,18 @@ struct CaptureSlot {
   uint32_t nframes = 0;
   int32_t error = kCaptureOk;
   bool truncated = false;       // more frames than max_frames
+  // The signal cut a system call short: the interrupted code returns from
+  // its syscall instruction with -EINTR (a restarted call is not counted:
+  // the kernel re-runs it, its result unchanged).
+  bool interrupted_syscall = false;
   uintptr_t frames[kMaxFrames] = {};
+  // Captures of this owner that cut a system call short, stale ones
+  // included (the handler counts every signal it acts on or ignores for
+  // this slot's thread). Reset at acquire.
+  std::atomic<uint64_t> interrupted_total{0};
+  // 1 while the handler unwinds for this slot: the thread's stack then
+  // holds the handler's own frames (a snapshot is not taken then).
+  std::atomic<uint32_t> in_handler{0};
   std::atomic<uint64_t> done_gen{0};
 };
 

@@ -19,7 +19,7 @@
 //
 // Lock order (outermost first; the rest of the library never takes two of
 // them in the other order): registry -> process -> each watch's stats_mu ->
-// its mu -> capture pool -> module table -> writer queue. The preload
+// its mu -> capture pool -> module table -> snapshot unwinder -> writer queue. The preload
 // shim's own handler (registered after ours, so run before ours) takes its
 // lock outside all of these, as its uv_run does.
 //
@@ -37,11 +37,13 @@ void prepare() {
   process_fork_prepare();
   capture_fork_prepare();
   modules_fork_prepare();
+  snapshot_fork_prepare();
   writer_fork_prepare();
 }
 
 void parent() {
   writer_fork_parent();
+  snapshot_fork_parent();
   modules_fork_parent();
   capture_fork_parent();
   process_fork_parent();
@@ -50,6 +52,7 @@ void parent() {
 
 void child() {
   writer_fork_child();
+  snapshot_fork_child();
   modules_fork_child();
   capture_fork_child();
   metrics_server_fork_child();

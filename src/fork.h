@@ -19,6 +19,9 @@ void capture_fork_child();
 void modules_fork_prepare();    // modules.cc: the module table
 void modules_fork_parent();
 void modules_fork_child();
+void snapshot_fork_prepare();   // snapshot.cc: the snapshot unwinder
+void snapshot_fork_parent();
+void snapshot_fork_child();
 void writer_fork_prepare();     // sink.cc: the writer's queue
 void writer_fork_parent();
 void writer_fork_child();

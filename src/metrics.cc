@@ -40,7 +40,12 @@ LoopCounters read_counters(Watch *w, bool histograms) {
     std::lock_guard<std::mutex> lock(w->mu);
     if (w->loop != nullptr && !w->stopped && !w->inherited)
       c.idle_ns = uv_metrics_idle_time(w->loop);
+    sync_interrupted_locked(w);
   }
+  c.signals_sent = w->signals_sent.load(std::memory_order_relaxed);
+  c.snapshots = w->snapshots.load(std::memory_order_relaxed);
+  c.snapshots_discarded = w->snapshots_discarded.load(std::memory_order_relaxed);
+  c.syscalls_interrupted = w->syscalls_interrupted.load(std::memory_order_relaxed);
   c.at_ns = mono_ns();
   return c;
 }
@@ -82,6 +87,12 @@ void fill_stats(const LoopCounters &now, const LoopCounters &base, uvstall_stats
   s.delay_p99_ms = d.p99_ms;
   s.delay_p999_ms = d.p999_ms;
   s.utilization = utilization(now, base);
+  s.signals_sent = now.signals_sent - std::min(now.signals_sent, base.signals_sent);
+  s.snapshots = now.snapshots - std::min(now.snapshots, base.snapshots);
+  s.snapshots_discarded =
+      now.snapshots_discarded - std::min(now.snapshots_discarded, base.snapshots_discarded);
+  s.syscalls_interrupted =
+      now.syscalls_interrupted - std::min(now.syscalls_interrupted, base.syscalls_interrupted);
   const size_t room = std::min(out->struct_size, sizeof s);  // memcpy overwrites it
   std::memcpy(out, &s, room);
   out->struct_size = room;
@@ -118,6 +129,14 @@ nlohmann::ordered_json metrics_record(const LoopIdentity &who, uint64_t wall_ns,
   r["stalled_ms"] = ms_from_ns(now.stalled_ns - std::min(now.stalled_ns, base.stalled_ns));
   const double u = utilization(now, base);
   r["utilization"] = u < 0 ? nlohmann::ordered_json() : nlohmann::ordered_json(std::round(u * 1e4) / 1e4);
+  nlohmann::ordered_json cap;
+  cap["signals_sent"] = now.signals_sent - std::min(now.signals_sent, base.signals_sent);
+  cap["snapshots"] = now.snapshots - std::min(now.snapshots, base.snapshots);
+  cap["snapshots_discarded"] =
+      now.snapshots_discarded - std::min(now.snapshots_discarded, base.snapshots_discarded);
+  cap["syscalls_interrupted"] =
+      now.syscalls_interrupted - std::min(now.syscalls_interrupted, base.syscalls_interrupted);
+  r["captures"] = std::move(cap);
   const HistSnapshot lag = now.lag.minus(base.lag);
   r["lateness_ms"] = summary_json(hist_summarize(lag.counts, lag.sum_us), true);
   const HistSnapshot delay = now.delay.minus(base.delay);
@@ -205,6 +224,18 @@ std::string prometheus_text(const std::vector<LoopExposition> &loops) {
   simple(&out, "uvstall_reports_dropped_total", "counter",
          "Records of this loop dropped (queue full or output failed).", loops,
          [](const LoopExposition &l, double *v) { *v = double(l.c.dropped); return true; });
+  simple(&out, "uvstall_capture_signals_total", "counter",
+         "Capture signals sent to the loop thread (samples of a thread running user code).",
+         loops, [](const LoopExposition &l, double *v) { *v = double(l.c.signals_sent); return true; });
+  simple(&out, "uvstall_snapshots_total", "counter",
+         "Stacks copied without a signal while the loop thread slept in a system call.", loops,
+         [](const LoopExposition &l, double *v) { *v = double(l.c.snapshots); return true; });
+  simple(&out, "uvstall_snapshots_discarded_total", "counter",
+         "Stack copies thrown away because the thread ran while it was copied.", loops,
+         [](const LoopExposition &l, double *v) { *v = double(l.c.snapshots_discarded); return true; });
+  simple(&out, "uvstall_syscalls_interrupted_total", "counter",
+         "Capture signals that cut a system call of the host short (it returned EINTR).", loops,
+         [](const LoopExposition &l, double *v) { *v = double(l.c.syscalls_interrupted); return true; });
   simple(&out, "uvstall_loop_idle_seconds_total", "counter",
          "Time the loop spent idle in its poll (uv_metrics_idle_time; only loops configured with "
          "UV_METRICS_IDLE_TIME). Utilization = 1 - rate(this).",

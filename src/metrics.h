@@ -23,6 +23,8 @@ struct LoopCounters {
   uint64_t ticks = 0, stalls = 0, stalled_ns = 0, written = 0, dropped = 0;
   HistSnapshot lag, delay;
   uint64_t idle_ns = 0;  // uv_metrics_idle_time; 0: the loop tracks none
+  // How stacks were taken (Watch's counters of the same names).
+  uint64_t signals_sent = 0, snapshots = 0, snapshots_discarded = 0, syscalls_interrupted = 0;
 };
 
 // Reads the watch's counters (takes w->mu briefly for the idle time; the

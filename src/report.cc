@@ -128,7 +128,10 @@ nlohmann::ordered_json stall_record(const LoopIdentity &who, uint64_t wall_ns, c
   r["blocked_ms"] = ms_from_ns(s.blocked_ns);
   r["capture"] = s.capture;
   if (!s.capture_error.empty()) r["capture_error"] = s.capture_error;
+  if (s.capture_via != nullptr) r["capture_via"] = s.capture_via;
   if (s.handler_us >= 0) r["handler_us"] = double(int64_t(s.handler_us * 10 + 0.5)) / 10;
+  if (s.snapshot_us >= 0) r["snapshot_us"] = double(int64_t(s.snapshot_us * 10 + 0.5)) / 10;
+  if (s.interrupted_syscall) r["interrupted_syscall"] = true;
   if (s.truncated) r["truncated"] = true;
   if (s.cause != nullptr) r["cause"] = s.cause;
   if (!s.thread.is_null()) r["thread"] = s.thread;
@@ -136,7 +139,8 @@ nlohmann::ordered_json stall_record(const LoopIdentity &who, uint64_t wall_ns, c
   if (!s.context.is_null()) r["context"] = s.context;
   if (s.abort) r["abort"] = true;
   nlohmann::ordered_json frames = nlohmann::ordered_json::array();
-  for (const auto &f : s.frames) {
+  for (size_t i = 0; i < s.frames.size(); ++i) {
+    const ResolvedFrame &f = s.frames[i];
     nlohmann::ordered_json fr;
     fr["pc"] = hex_addr(f.pc);
     if (f.module != nullptr) {
@@ -155,6 +159,7 @@ nlohmann::ordered_json stall_record(const LoopIdentity &who, uint64_t wall_ns, c
       fr["symbol"] = nullptr;
       fr["symbol_offset"] = nullptr;
     }
+    if (s.first_guessed_frame >= 0 && i >= size_t(s.first_guessed_frame)) fr["guessed"] = true;
     frames.push_back(std::move(fr));
   }
   r["frames"] = std::move(frames);

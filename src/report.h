@@ -57,8 +57,18 @@ struct StallSample {
   uint64_t blocked_ns = 0;
   const char *capture = "ok";  // ok | timeout | failed | late
   std::string capture_error;
-  double handler_us = -1;      // < 0: not captured
-  bool truncated = false;
+  double handler_us = -1;      // < 0: no signal handler ran
+  // How the stack was taken: "signal" (the handler on the thread),
+  // "snapshot" (copied by the sentinel while the thread slept in a system
+  // call: no signal), or null (no capture).
+  const char *capture_via = nullptr;
+  double snapshot_us = -1;     // the snapshot's copy and unwind; < 0: none
+  // Frames from this index on were found through an rbp recovered from the
+  // stack copy (checked, not proven by the unwind tables); -1: none.
+  int first_guessed_frame = -1;
+  // The capture signal cut a system call short (it returned EINTR).
+  bool interrupted_syscall = false;
+  bool truncated = false;      // more frames than max_frames, or the window
   std::vector<ResolvedFrame> frames;
   // Interpreter frames of the stalled thread; empty when the thread runs
   // no interpreter uvstall knows.

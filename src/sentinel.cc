@@ -27,6 +27,7 @@
 #include "metrics.h"
 #include "metrics_http.h"
 #include "modules.h"
+#include "snapshot.h"
 #include "threads.h"
 #include "watch.h"
 
@@ -70,6 +71,20 @@ constexpr uint32_t kAbortDrainMs = 1000;
 // uvstall_stop waits at most this long for the sentinel, then as long again
 // for the writer to deliver the watch's last records.
 constexpr uint32_t kStopWaitMs = 1000;
+// Copies tried per sample before the signal is sent instead: a copy is
+// thrown away when the thread ran meanwhile (a thread sleeping 1 ms at a
+// time is asleep ~95% of the time; 8 misses in a row are rare).
+constexpr int kSnapshotAttempts = 8;
+// A thread found running is looked at this many times, this far apart,
+// before the signal is sent: a thread on its way into or out of a system
+// call, or running inside the kernel, is then usually found asleep.
+constexpr int kRunningLooks = 4;
+constexpr int kRunningPauseUs = 250;
+// While a signal's stack is awaited, the thread is looked at again this
+// often (see SentinelState::next_look_ns).
+constexpr uint64_t kLookAgainNs = 2 * kNsPerMs;
+// Set at start when the snapshot unwinder loaded (src/snapshot.h).
+std::atomic<bool> g_snapshots{false};
 
 // ---- Storms: the rate limit and summaries (sentinel thread only) ----
 
@@ -136,6 +151,8 @@ void fill_from_capture(Watch *w, StallSample *s) {
   CaptureSlot *slot = capture_slot(w->slot);
   s->blocked_ns = slot->t_enter_ns - std::min(w->s.start_bound_ns, slot->t_enter_ns);
   s->handler_us = double(slot->t_exit_ns - slot->t_enter_ns) / 1000.0;
+  s->capture_via = "signal";
+  s->interrupted_syscall = slot->interrupted_syscall;
   s->truncated = slot->truncated;
   if (slot->error != kCaptureOk) {
     s->capture = "failed";
@@ -146,6 +163,18 @@ void fill_from_capture(Watch *w, StallSample *s) {
   std::vector<uintptr_t> pcs(slot->frames, slot->frames + n);
   for (uint32_t i = 0; i < n; ++i)
     s->frames.push_back(modules().resolve(pcs[i], /*return_address=*/i > 0));
+}
+
+// The sample's stack from the snapshot try_snapshot took.
+void fill_from_snapshot(Watch *w, StallSample *s) {
+  const SentinelState &st = w->s;
+  s->blocked_ns = st.snap_ns - std::min(st.start_bound_ns, st.snap_ns);
+  s->capture_via = "snapshot";
+  s->snapshot_us = st.snap_us;
+  s->truncated = st.snap_cut;
+  s->first_guessed_frame = st.snap_first_guessed;
+  for (size_t i = 0; i < st.snap_pcs.size(); ++i)
+    s->frames.push_back(modules().resolve(st.snap_pcs[i], /*return_address=*/i > 0));
 }
 
 StallSample new_sample(Watch *w) {
@@ -307,6 +336,7 @@ void emit_summary(const std::vector<std::shared_ptr<Watch>> &list, uint64_t now)
 void stop_vanished(Watch *w, uint64_t now) {
   std::lock_guard<std::mutex> lock(w->mu);
   if (w->stopped) return;
+  sync_interrupted_locked(w);
   w->stopped = true;
   w->thread_exited = true;
   w->exit_seen_by_sentinel = true;
@@ -315,10 +345,84 @@ void stop_vanished(Watch *w, uint64_t now) {
   if (w->slot >= 0) capture_release(w->slot);
 }
 
+// Copies the stack of a thread that sleeps in a system call, without a
+// signal (src/snapshot.h), and unwinds the copy. True with the snap_* fields
+// of the sentinel state set; false when the thread runs (user code, or
+// inside the kernel: /proc gives no registers then), kept moving through
+// every attempt, or could not be read: the signal is the way then. Never
+// called with a lock held: a cold unwind takes about a millisecond.
+// Unwinds the snapshot take_snapshot just accepted into the sentinel state
+// (`t0`: when the sentinel began on it). False when the copy gives no
+// stack the signal could not do better (see below).
+bool unwind_taken(Watch *w, uint64_t t0) {
+  SentinelState &st = w->s;
+  st.snap_ns = mono_ns();
+  uintptr_t pcs[kMaxFrames];
+  const int max = int(std::min<uint32_t>(w->cfg.max_frames, kMaxFrames));
+  UnwindStats us;
+  const int n = unwind_snapshot(*w->snap, pcs, max, &us);
+  // No stack from the copy, or one that ends in code without unwind tables
+  // we read at start (an object loaded since, e.g. a constructor still
+  // running inside dlopen; JIT code): the handler's unwinder knows objects
+  // loaded since and follows frame pointers through such code, so the
+  // signal is sent instead (and counted).
+  if (n <= 0 || us.unknown_code) return false;
+  st.snap_pcs.assign(pcs, pcs + n);
+  st.snap_first_guessed = us.first_guessed_frame;
+  // Cut: more frames than max_frames, or the stack went on past the copy
+  // (a read beyond the window that was still inside the stack's mapping).
+  const Snapshot &sn = *w->snap;
+  const bool window_ended = sn.stack_hi == 0 || sn.sp + sn.stack_bytes < sn.stack_hi;
+  st.snap_cut = std::strcmp(us.stop, "max frames") == 0 ||
+                (window_ended &&
+                 std::strcmp(us.stop, "memory outside the stack window and every module") == 0);
+  st.snap_us = double(mono_ns() - t0) / 1000.0;
+  st.snap_done = true;
+  w->snapshots.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+// True when a snapshot may be tried now: the unwinder loaded, and our
+// handler is not running on the thread (for this sample or a late one: the
+// stack would be the handler's, and the handler delivers the real one).
+bool snapshot_allowed(Watch *w) {
+  if (!g_snapshots.load(std::memory_order_acquire) || w->snap == nullptr) return false;
+  const CaptureSlot *slot = w->slot >= 0 ? capture_slot(w->slot) : nullptr;
+  return slot == nullptr || slot->in_handler.load(std::memory_order_seq_cst) == 0;
+}
+
+bool try_snapshot(Watch *w, int running_looks = kRunningLooks) {
+  SentinelState &st = w->s;
+  st.snap_done = false;
+  if (!snapshot_allowed(w)) return false;
+  const uint64_t t0 = mono_ns();
+  bool taken = false;
+  int running = 0;
+  for (int attempt = 0; attempt < kSnapshotAttempts && !taken; ++attempt) {
+    taken = take_snapshot(w->who.tid, w->snap.get());
+    if (taken) break;
+    if (std::strcmp(w->snap->refusal, "thread moved") == 0) {
+      w->snapshots_discarded.fetch_add(1, std::memory_order_relaxed);
+    } else if (std::strcmp(w->snap->refusal, "thread running") == 0 &&
+               ++running < running_looks) {
+      // Running: in user code (the signal's case), or inside the kernel
+      // (a long read of the page cache, a call on its way in or out):
+      // look again shortly before a signal is sent.
+      struct timespec pause = {0, long(kRunningPauseUs) * 1000};
+      nanosleep(&pause, nullptr);
+    } else {
+      return false;
+    }
+  }
+  if (!taken) return false;
+  return unwind_taken(w, t0);
+}
+
 // Asks the loop thread for its stack (a new generation). Returns "" or why
 // it could not. Caller holds no lock.
 std::string request_capture(Watch *w) {
   w->s.gen = capture_next_gen();
+  w->s.snap_done = false;
   // Never signal a TID whose thread has ended: another thread of the
   // process may have it now. The probe's files stay bound to the thread
   // they were opened for, so they tell.
@@ -326,14 +430,43 @@ std::string request_capture(Watch *w) {
     stop_vanished(w, mono_ns());
     return "the loop thread has exited";
   }
-  std::lock_guard<std::mutex> lock(w->mu);
+  std::unique_lock<std::mutex> lock(w->mu);
   if (w->stopped) return "the watch was stopped";
   if (!capture_handler_installed())
     return "the capture signal's handler was replaced by the host";
+  // A last look right before the signal: a thread that went to sleep in a
+  // system call since the looks of try_snapshot is copied instead. (Those
+  // looks found it running for a while, so it is likely near the end of
+  // what it runs; without this look the signal would often find it just
+  // asleep, and cut its sleep short.) What is left is the time from this
+  // read of /proc to the signal's arrival: microseconds.
+  if (snapshot_allowed(w)) {
+    const uint64_t t0 = mono_ns();
+    if (take_snapshot(w->who.tid, w->snap.get())) {
+      lock.unlock();
+      if (unwind_taken(w, t0)) return {};
+      lock.lock();
+      if (w->stopped) return "the watch was stopped";
+    }
+  }
   const int rc = capture_request(w->slot, w->s.gen);
   if (rc == -ESRCH) return "the loop thread has exited";
   if (rc != 0) return std::string("could not signal the loop thread: ") + strerror(-rc);
+  w->signals_sent.fetch_add(1, std::memory_order_relaxed);
+  w->s.next_look_ns = mono_ns() + kLookAgainNs;
   return {};
+}
+
+// Takes the sample's stack: a snapshot when the thread sleeps in a system
+// call (no signal, nothing the host can see), else the capture signal.
+// Returns "" or why neither could be had. Caller holds no lock.
+std::string start_capture(Watch *w) {
+  // A new generation first, so a stack from an older signal that lands
+  // now is never taken for this sample.
+  w->s.gen = capture_next_gen();
+  w->s.next_look_ns = 0;
+  if (try_snapshot(w)) return {};
+  return request_capture(w);
 }
 
 // True when the loop's thread sits in epoll_wait on the loop's own poll
@@ -363,7 +496,7 @@ uint64_t begin_stall(Watch *w, uint64_t now) {
     w->pending_stall.exchange(0, std::memory_order_seq_cst);
     return now;
   }
-  // The thread's state first: the capture signal interrupts its syscall.
+  // The thread's state first: a capture signal would interrupt its syscall.
   SentinelState &st = w->s;
   st = SentinelState{};
   st.first = w->probe != nullptr ? w->probe->read() : ThreadSample{};
@@ -404,7 +537,7 @@ uint64_t begin_stall(Watch *w, uint64_t now) {
       w->hooks->wake();
     }
   }
-  const std::string problem = request_capture(w);
+  const std::string problem = start_capture(w);
   if (!problem.empty()) {
     StallSample s = new_sample(w);
     s.blocked_ns = now - st.start_bound_ns;
@@ -423,6 +556,7 @@ uint64_t begin_stall(Watch *w, uint64_t now) {
 }
 
 bool capture_done(Watch *w) {
+  if (w->s.snap_done) return true;
   CaptureSlot *slot = capture_slot(w->slot);
   return slot != nullptr && slot->done_gen.load(std::memory_order_acquire) == w->s.gen;
 }
@@ -436,7 +570,11 @@ void take_sample(Watch *w, uint64_t now, bool ended, uint64_t end_ns, bool stopp
   uint64_t t_enter = 0;
   {
     std::lock_guard<std::mutex> lock(w->mu);
-    if (!w->stopped && capture_done(w)) {
+    if (!w->stopped && st.snap_done) {
+      t_enter = st.snap_ns;
+      fill_from_snapshot(w, &s);
+      have = true;
+    } else if (!w->stopped && capture_done(w)) {
       t_enter = capture_slot(w->slot)->t_enter_ns;
       fill_from_capture(w, &s);
       have = true;
@@ -488,6 +626,7 @@ void finish(Watch *w) {
   if (thread_exited)
     emit(w, thread_exit_record(w->who, wall_ns(), by_sentinel ? "sentinel" : "exit_hook"));
   w->probe.reset();
+  w->snap.reset();
   w->s.finished = true;
 }
 
@@ -525,8 +664,18 @@ uint64_t step(Watch *w, uint64_t now, bool exiting) {
       std::lock_guard<std::mutex> lock(w->mu);
       done = !w->stopped && capture_done(w);
     }
+    if (!done && !ended && !stopped && !exiting && st.next_look_ns != 0 &&
+        now >= st.next_look_ns) {
+      // The signal is not handled yet: a thread now asleep in a system
+      // call is copied instead (the signal, still pending, is handled when
+      // that call returns; its stack is then ignored).
+      done = try_snapshot(w, /*running_looks=*/1);
+      st.next_look_ns = done ? 0 : now + kLookAgainNs;
+    }
     if (!ended && !stopped && !exiting) {
-      if (!done && now < st.capture_deadline_ns) return st.capture_deadline_ns;
+      if (!done && now < st.capture_deadline_ns)
+        return st.next_look_ns != 0 ? std::min(st.capture_deadline_ns, st.next_look_ns)
+                                     : st.capture_deadline_ns;
       if (done && now < st.window_until_ns) return st.window_until_ns;
     }
     take_sample(w, now, ended, end_ns, stopped, exiting);
@@ -538,7 +687,7 @@ uint64_t step(Watch *w, uint64_t now, bool exiting) {
     bool landed = false;
     {
       std::lock_guard<std::mutex> lock(w->mu);
-      if (!w->stopped && capture_done(w) &&
+      if (!w->stopped && !st.snap_done && capture_done(w) &&
           (!ended || capture_slot(w->slot)->t_enter_ns <= end_ns)) {
         s.sample = st.sample - 1;  // the stack of the sample that timed out
         fill_from_capture(w, &s);
@@ -568,7 +717,7 @@ uint64_t step(Watch *w, uint64_t now, bool exiting) {
     const bool sample_due = st.sample < w->cfg.max_samples_per_stall && now >= st.next_sample_ns;
     if (abort_due || sample_due) {
       st.aborting = abort_due;
-      const std::string problem = request_capture(w);
+      const std::string problem = start_capture(w);
       if (problem.empty()) {
         st.awaiting_late = false;
         st.phase = SentinelState::kCapturing;
@@ -701,6 +850,9 @@ int process_start_locked() {
   if (g_proc->started) return g_proc->start_err;
   g_proc->started = true;
   warm_statics();
+  // The snapshot unwinder reads every object's unwind tables now, outside
+  // any stall; without it every sample is taken by the signal.
+  g_snapshots.store(snapshot_unwinder_init(), std::memory_order_release);
   if (!g_proc->configured) {
     int rc = resolve_process_options(nullptr, &g_proc->pcfg);
     if (rc != 0) return g_proc->start_err = rc;
@@ -808,10 +960,20 @@ int watch_create(const uvstall_options_t *opts, uv_loop_t *loop,
   w->signal = sig;
   w->lang = lang_frames_for_current_thread();
   w->probe = std::make_unique<ThreadProbe>(w->who.tid);
+  w->snap = std::make_unique<Snapshot>();
   capture_warm_thread();
   modules().refresh_from_loader();
+  snapshot_unwinder_refresh();
   *out = std::move(w);
   return 0;
+}
+
+void sync_interrupted_locked(Watch *w) {
+  if (w->stopped || w->inherited || w->slot < 0) return;
+  const CaptureSlot *slot = capture_slot(w->slot);
+  if (slot != nullptr)
+    w->syscalls_interrupted.store(slot->interrupted_total.load(std::memory_order_relaxed),
+                                  std::memory_order_relaxed);
 }
 
 void sentinel_add(const std::shared_ptr<Watch> &w) {
@@ -848,6 +1010,7 @@ void watch_stop(Watch *w, bool thread_exit) {
   {
     std::lock_guard<std::mutex> lock(w->mu);
     if (w->stopped) return;  // stopped already (its thread vanished)
+    sync_interrupted_locked(w);
     w->stopped = true;
     w->thread_exited = thread_exit;
     w->stop_ns = now;

@@ -12,6 +12,8 @@
 // header: its type is written here.
 #include "snapshot.h"
 
+#include "fork.h"
+
 #include <dlfcn.h>
 #include <elf.h>
 #include <fcntl.h>
@@ -555,6 +557,7 @@ int find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_info_t *pi,
     // chain, and a guessed rbp gives wrong frames. Any other error ends
     // the stack where the tables end.
     call->why = "no unwind info for a pc";
+    if (find_segment(*call->u, uintptr_t(ip)) == nullptr) call->stats->unknown_code = true;
     return -UNW_EINVAL;
   }
   return ret;
@@ -655,6 +658,13 @@ void snapshot_unwinder_flush_caches() {
 }
 
 const std::string &snapshot_unwinder_problem() { return g_unwinder->problem; }
+
+// fork (src/fork.cc): no unwind or refresh is half-way when the address
+// space is copied; the child's unwinder is the parent's, tables and caches
+// included (the same code at the same addresses).
+void snapshot_fork_prepare() { g_unwinder->mu.lock(); }
+void snapshot_fork_parent() { g_unwinder->mu.unlock(); }
+void snapshot_fork_child() { g_unwinder->mu.unlock(); }
 
 namespace {
 
@@ -935,6 +945,11 @@ int unwind_snapshot(const Snapshot &snap, uintptr_t *pcs, int max, UnwindStats *
       // A caller's frame lies above its callee's, and its return address
       // in code we know; anything else is not a frame we can vouch for.
       const Segment *seg = find_segment(u, uintptr_t(ip) - 1);
+      if (seg == nullptr && sp > prev_sp) {
+        st.stop = "a return address outside every known object";
+        st.unknown_code = true;
+        break;
+      }
       if (sp <= prev_sp || seg == nullptr || !seg->exec) {
         st.stop = "implausible frame";
         break;

@@ -82,6 +82,9 @@ struct UnwindStats {
   int first_guessed_frame = -1;
   int rbp_guesses = 0;     // recoveries tried (each either found the caller or ended the stack)
   const char *stop = "";   // why the unwind ended: "end of stack", "no unwind info"...
+  // It ended at code outside every object whose tables were read (loaded
+  // since, or JIT code): the stack goes on, but this unwinder cannot say where.
+  bool unknown_code = false;
 };
 
 // Loads libunwind-x86_64.so.8 (dlopen RTLD_LOCAL, never linked) and reads

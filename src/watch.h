@@ -19,6 +19,7 @@
 #include "histogram.h"
 #include "report.h"
 #include "sink.h"
+#include "snapshot.h"
 #include "thread_state.h"
 
 namespace uvstall::internal {
@@ -77,6 +78,19 @@ struct SentinelState {
   std::string fingerprint;        // of the first stack captured
   std::string culprit;            // first non-skipped symbol, for summaries
   nlohmann::ordered_json context; // at detection
+  // The current sample's stack when a snapshot took it (no signal sent):
+  // its return addresses, when it was copied, and what the unwind said.
+  bool snap_done = false;
+  uint64_t snap_ns = 0;
+  double snap_us = 0;             // copy and unwind, sentinel time
+  std::vector<uintptr_t> snap_pcs;
+  int snap_first_guessed = -1;    // UnwindStats::first_guessed_frame
+  bool snap_cut = false;          // the stack went on past the window
+  // A signal is out and its stack not in: the thread is looked at again at
+  // this time, and snapshotted if it now sleeps in a system call (it may
+  // not run the handler before that call returns: disk wait, a deferred
+  // handler). 0: not looking.
+  uint64_t next_look_ns = 0;
 };
 
 struct LoopCounters;  // src/metrics.h
@@ -142,6 +156,16 @@ struct Watch {
   // Statistics (any thread reads).
   std::atomic<uint64_t> stalls{0};
   std::atomic<uint64_t> stalled_ns_total{0};
+  // How the samples' stacks were taken (written by the sentinel): capture
+  // signals sent, snapshots used (no signal), snapshots thrown away because
+  // the thread ran while it was copied, and captures whose signal cut a
+  // system call short (it returned EINTR to the host: see capture.cc).
+  std::atomic<uint64_t> signals_sent{0};
+  std::atomic<uint64_t> snapshots{0};
+  std::atomic<uint64_t> snapshots_discarded{0};
+  std::atomic<uint64_t> syscalls_interrupted{0};
+  // The sentinel's snapshot buffers and open /proc files for this thread.
+  std::unique_ptr<Snapshot> snap;
 
   // Tick lateness (src/histogram.h), written by the heartbeat source only,
   // on the loop's thread, read by any thread: the raw lateness of each tick,
@@ -263,6 +287,10 @@ void sentinel_add(const std::shared_ptr<Watch> &w);
 // "ended_by":"thread_exit", a "thread_exit" record follows, the output is
 // released). A second stop does nothing.
 void watch_stop(Watch *w, bool thread_exit = false);
+// Copies the capture slot's count of interrupted system calls into
+// w->syscalls_interrupted (the slot counts them in the handler). Caller
+// holds w->mu; does nothing once the slot is given back.
+void sync_interrupted_locked(Watch *w);
 // The watches being watched now (for the metrics endpoint and file).
 std::vector<std::shared_ptr<Watch>> watches_now();
 

@@ -38,9 +38,11 @@
 // a call GCC 12's libtsan does not intercept (clock_nanosleep) or intercepts
 // without the blocking mark (read, pthread_mutex_lock), and for a loop of
 // pure arithmetic. A busy loop that calls the clock (uvstall_test_busy) is
-// captured within microseconds. Under TSan only, tests of such culprits
-// expect that clean "timeout" (no stack, no crash, the stall and its
-// stall_end still reported on time) instead of a stack.
+// captured within microseconds. A thread blocked in a system call needs no
+// handler at all: the sentinel snapshots its stack (src/snapshot.h), under
+// TSan too. Under TSan only, tests of pure arithmetic expect a clean
+// "timeout" (no stack, no crash, the stall and its stall_end still reported
+// on time) instead of a stack.
 #if defined(__SANITIZE_THREAD__)
 #define UVT_TSAN 1
 #elif defined(__has_feature)
@@ -109,7 +111,8 @@ bool frames_name(const nlohmann::json &stall, const std::string &symbol);
 // inside libtsan's own runtime also passes (with a note on stderr): TSan
 // may run our handler while the thread is inside its runtime (seen:
 // __tsan::TraceSwitch), whose frames the unwinder cannot step out of. A
-// stack with any frame outside libtsan must still name `symbol`.
+// stack with any frame in an object other than libtsan must still name
+// `symbol`.
 bool culprit_named(const nlohmann::json &stall, const std::string &symbol);
 // Index of the first frame naming `symbol`, or -1.
 int frame_index(const nlohmann::json &stall, const std::string &symbol);

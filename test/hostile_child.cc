@@ -257,15 +257,29 @@ int scenario_loader_own(const char *busy_plugin, const char *sleep_plugin) {
   uvt::WatchedLoop wl;
   if (wl.start_rc != 0) fail(uvstall_strerror(wl.start_rc));
   static bool loaded[2];
+  static void *sleeper = nullptr;
   wl.after(20, [] { loaded[0] = dlopen(paths[0], RTLD_NOW | RTLD_LOCAL) != nullptr; });
-  wl.after(800, [] { loaded[1] = dlopen(paths[1], RTLD_NOW | RTLD_LOCAL) != nullptr; });
+  wl.after(800, [] {
+    sleeper = dlopen(paths[1], RTLD_NOW | RTLD_LOCAL);
+    loaded[1] = sleeper != nullptr;
+  });
   wl.after(1600, [] {
     int ms = 500;
     dl_iterate_phdr(hostile_phdr_sleep, &ms);
   });
   wl.run();
+  // The sleeping constructor's stack ends in code loaded since the tables
+  // were read: it is taken by the signal, which cuts sleeps short; each
+  // such cut the plugin saw must be one uvstall counted.
+  uvstall_stats_t st{};
+  st.struct_size = sizeof st;
+  if (uvstall_get_stats(wl.watch, &st) != 0) fail("uvstall_get_stats");
   wl.stop();
   if (!loaded[0] || !loaded[1]) fail(std::string("dlopen: ") + dlerror());
+  const int *eintr = static_cast<const int *>(dlsym(sleeper, "uvstall_test_slow_eintr"));
+  if (eintr == nullptr) fail("no uvstall_test_slow_eintr in the plugin");
+  say("interrupted", st.syscalls_interrupted);
+  say("plugin_eintr", *eintr);
   if (!wl.col.wait_count("stall_end", 3, 3000)) fail("no three stall_end records");
   int i = 0;
   for (const auto &[id, s] : stalls_of(wl.col)) {

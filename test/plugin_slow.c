@@ -5,6 +5,7 @@
  * built with -DUVSTALL_SLOW_SLEEP=1. uvstall_test_plugin_busy is code that
  * no unwinder has seen before it first runs (a cold libunwind cache). */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
@@ -25,6 +26,9 @@ __attribute__((visibility("default"), noinline)) void uvstall_test_plugin_busy(i
   spin(ms);
 }
 
+/* Sleeps the capture signal cut short (EINTR), counted for the test. */
+__attribute__((visibility("default"))) int uvstall_test_slow_eintr = 0;
+
 __attribute__((visibility("default"), noinline)) void uvstall_test_slow_ctor_body(int ms) {
 #if UVSTALL_SLOW_SLEEP
   struct timespec t;
@@ -35,8 +39,9 @@ __attribute__((visibility("default"), noinline)) void uvstall_test_slow_ctor_bod
     t.tv_sec += 1;
     t.tv_nsec -= 1000000000L;
   }
-  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, NULL) != 0) {
-  }
+  int rc;
+  while ((rc = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, NULL)) != 0)
+    if (rc == EINTR) ++uvstall_test_slow_eintr;
 #else
   spin(ms);
 #endif

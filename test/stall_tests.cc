@@ -47,8 +47,9 @@ std::vector<int64_t> stall_ids(const std::vector<Record> &stalls) {
 }
 
 // What ThreadSanitizer lets the capture of a culprit do (harness.h): a spin
-// on the clock is captured; a wait inside read, clock_nanosleep or a mutex,
-// and pure arithmetic, time out. Outside TSan every culprit is captured.
+// on the clock is captured by the signal, a wait inside read,
+// clock_nanosleep or a mutex by a snapshot (no signal); pure arithmetic
+// times out. Outside TSan every culprit is captured.
 enum class UnderTsan { kCaptured, kTimesOut };
 
 // The stack of a sample: the culprit named, or under TSan, for a culprit
@@ -189,18 +190,18 @@ TEST_SUITE("culprits") {
     uvt::WatchedLoop wl;
     wl.after(50, [] { uvstall_test_sleep(300); });
     wl.run();
-    check_single_stall(wl, "uvstall_test_sleep", 300, UnderTsan::kTimesOut);
+    check_single_stall(wl, "uvstall_test_sleep", 300, UnderTsan::kCaptured);
     auto s = wl.col.of_type("stall")[0].j;
-    // The innermost frame is the system call's wrapper in libc (no stack at
-    // all under ThreadSanitizer: check_capture checked that).
-    if (!uvt::kTsan)
-      CHECK(s["frames"][0]["module"].get<std::string>().find("libc.so") != std::string::npos);
+    // The innermost frame is the system call's wrapper in libc, the stack
+    // a snapshot's (no signal was sent), under ThreadSanitizer too.
+    CHECK(s["frames"][0]["module"].get<std::string>().find("libc.so") != std::string::npos);
+    CHECK(s["capture_via"] == "snapshot");
   }
 
   TEST_CASE("a blocking read on a pipe is reported while it waits") {
     uvt::WatchedLoop wl;
     run_pipe_read_stall(wl);
-    check_single_stall(wl, "uvstall_test_pipe_read", 300, UnderTsan::kTimesOut);
+    check_single_stall(wl, "uvstall_test_pipe_read", 300, UnderTsan::kCaptured);
   }
 
   TEST_CASE("a contended mutex is reported while the loop waits for it") {
@@ -216,7 +217,7 @@ TEST_SUITE("culprits") {
     wl.after(50, [&] { uvstall_test_mutex_lock(&m); });
     wl.run();
     holder.join();
-    check_single_stall(wl, "uvstall_test_mutex_lock", 300, UnderTsan::kTimesOut);
+    check_single_stall(wl, "uvstall_test_mutex_lock", 300, UnderTsan::kCaptured);
   }
 }
 

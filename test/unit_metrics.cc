@@ -209,7 +209,11 @@ TEST_SUITE("metrics") {
     CHECK(t.find("uvstall_loop_idle_seconds_total{loop=\"we") == std::string::npos);
     size_t types = 0;
     for (size_t p = t.find("# TYPE"); p != std::string::npos; p = t.find("# TYPE", p + 1)) ++types;
-    CHECK(types == 8);
+    // Two histograms, the current lag, stalls, stalled seconds, written,
+    // dropped, the four capture counters, idle.
+    CHECK(types == 12);
+    CHECK(t.find("# TYPE uvstall_capture_signals_total counter\n") != std::string::npos);
+    CHECK(t.find("# TYPE uvstall_syscalls_interrupted_total counter\n") != std::string::npos);
   }
 }
 

@@ -32,10 +32,13 @@
  *     the allowed range. After an error nothing is half-started.
  *   - Fields are added only at the end of the structs; the init functions set
  *     `struct_size`, so binaries built against an older header keep working.
- *   - A watched thread may see one EINTR per captured stall from calls that
- *     the kernel never restarts (nanosleep, usleep, sleep, poll with a
- *     timeout): the capture signal interrupts them. Calls that SA_RESTART
- *     restarts (read, write, recv, futex waits) are not affected.
+ *   - A watched thread blocked in a system call is never signalled: its
+ *     stack is copied from another thread (a snapshot), so its calls take
+ *     their full time and return what they would. The capture signal goes
+ *     only to a thread running user code; one that enters a sleeping call
+ *     that the kernel never restarts (nanosleep, sleep, poll, select) just
+ *     before the signal lands sees EINTR from it: each such capture is
+ *     counted (uvstall_stats_t.syscalls_interrupted).
  *   - fork(): the child has no sentinel until it calls uvstall_start (or
  *     uvstall_start_external), which starts one for the child: its stalls
  *     are reported with the child's pid and run_id. Watches that existed at
@@ -229,6 +232,16 @@ typedef struct uvstall_stats_s {
    * uv_loop_configure(loop, UV_METRICS_IDLE_TIME) before uv_run. -1 when
    * the loop reports no idle time (not configured, or not a libuv loop). */
   double utilization;
+  /* How the samples' stacks were taken (counts in the same window; appended
+   * last, so a caller whose struct_size predates them never sees them): capture signals sent to the loop thread; snapshots taken
+   * instead, without a signal, while the thread slept in a system call;
+   * snapshots thrown away because the thread ran while it was copied; and
+   * captures whose signal cut a system call of the host short (it returned
+   * EINTR). */
+  uint64_t signals_sent;
+  uint64_t snapshots;
+  uint64_t snapshots_discarded;
+  uint64_t syscalls_interrupted;
 } uvstall_stats_t;
 
 UVSTALL_EXTERN void uvstall_options_init(uvstall_options_t *opts);
