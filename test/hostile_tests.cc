@@ -161,8 +161,14 @@ TEST_SUITE("hostile hosts") {
     // The signal went to the sleeping constructor (its code was loaded
     // after the snapshot unwinder read its tables) and cut sleeps short:
     // each one the plugin saw is counted, no more, no fewer.
-    CHECK(r.num("interrupted") == r.num("plugin_eintr"));
-    if (!uvt::kTsan) CHECK(r.num("interrupted") >= 1);
+    // (Under ThreadSanitizer our handler may run later, from the context
+    // TSan saved, and see fewer of them: never more.)
+    if (uvt::kTsan) {
+      CHECK(r.num("interrupted") <= r.num("plugin_eintr"));
+    } else {
+      CHECK(r.num("interrupted") == r.num("plugin_eintr"));
+      CHECK(r.num("interrupted") >= 1);
+    }
     if (!uvt::kTsan) {
       CHECK(r.num("stall1_ctor") == 1);
       CHECK(r.num("stall1_dlopen") == 1);
