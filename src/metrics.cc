@@ -50,9 +50,14 @@ LoopCounters read_counters(Watch *w, bool histograms) {
   return c;
 }
 
+namespace {
+// A counter's growth over a window (0 if it went back: a reset baseline).
+uint64_t since(uint64_t now, uint64_t base) { return now - std::min(now, base); }
+}  // namespace
+
 double utilization(const LoopCounters &now, const LoopCounters &base) {
   if (now.idle_ns == 0 || now.at_ns <= base.at_ns) return -1;
-  const double idle = double(now.idle_ns - std::min(now.idle_ns, base.idle_ns));
+  const double idle = double(since(now.idle_ns, base.idle_ns));
   const double u = 1.0 - idle / double(now.at_ns - base.at_ns);
   return std::min(1.0, std::max(0.0, u));
 }
@@ -61,11 +66,11 @@ void fill_stats(const LoopCounters &now, const LoopCounters &base, uvstall_stats
   uvstall_stats_t s;
   std::memset(&s, 0, sizeof s);
   s.struct_size = sizeof s;
-  s.ticks = now.ticks - std::min(now.ticks, base.ticks);
-  s.stalls = now.stalls - std::min(now.stalls, base.stalls);
-  s.stalled_ms_total = ns_to_ms(now.stalled_ns - std::min(now.stalled_ns, base.stalled_ns));
-  s.reports_written = now.written - std::min(now.written, base.written);
-  s.reports_dropped = now.dropped - std::min(now.dropped, base.dropped);
+  s.ticks = since(now.ticks, base.ticks);
+  s.stalls = since(now.stalls, base.stalls);
+  s.stalled_ms_total = ns_to_ms(since(now.stalled_ns, base.stalled_ns));
+  s.reports_written = since(now.written, base.written);
+  s.reports_dropped = since(now.dropped, base.dropped);
   const HistSnapshot lag = now.lag.minus(base.lag);
   const HistSummary l = hist_summarize(lag.counts, lag.sum_us);
   s.lateness_count = l.count;
@@ -87,12 +92,10 @@ void fill_stats(const LoopCounters &now, const LoopCounters &base, uvstall_stats
   s.delay_p99_ms = d.p99_ms;
   s.delay_p999_ms = d.p999_ms;
   s.utilization = utilization(now, base);
-  s.signals_sent = now.signals_sent - std::min(now.signals_sent, base.signals_sent);
-  s.snapshots = now.snapshots - std::min(now.snapshots, base.snapshots);
-  s.snapshots_discarded =
-      now.snapshots_discarded - std::min(now.snapshots_discarded, base.snapshots_discarded);
-  s.syscalls_interrupted =
-      now.syscalls_interrupted - std::min(now.syscalls_interrupted, base.syscalls_interrupted);
+  s.signals_sent = since(now.signals_sent, base.signals_sent);
+  s.snapshots = since(now.snapshots, base.snapshots);
+  s.snapshots_discarded = since(now.snapshots_discarded, base.snapshots_discarded);
+  s.syscalls_interrupted = since(now.syscalls_interrupted, base.syscalls_interrupted);
   const size_t room = std::min(out->struct_size, sizeof s);  // memcpy overwrites it
   std::memcpy(out, &s, room);
   out->struct_size = room;
@@ -123,19 +126,17 @@ nlohmann::ordered_json summary_json(const HistSummary &h, bool with_min_max) {
 nlohmann::ordered_json metrics_record(const LoopIdentity &who, uint64_t wall_ns,
                                       const LoopCounters &now, const LoopCounters &base) {
   nlohmann::ordered_json r = record_base("metrics", wall_ns, &who);
-  r["window_ms"] = ms_from_ns(now.at_ns - std::min(now.at_ns, base.at_ns));
-  r["ticks"] = now.ticks - std::min(now.ticks, base.ticks);
-  r["stalls"] = now.stalls - std::min(now.stalls, base.stalls);
-  r["stalled_ms"] = ms_from_ns(now.stalled_ns - std::min(now.stalled_ns, base.stalled_ns));
+  r["window_ms"] = ms_from_ns(since(now.at_ns, base.at_ns));
+  r["ticks"] = since(now.ticks, base.ticks);
+  r["stalls"] = since(now.stalls, base.stalls);
+  r["stalled_ms"] = ms_from_ns(since(now.stalled_ns, base.stalled_ns));
   const double u = utilization(now, base);
   r["utilization"] = u < 0 ? nlohmann::ordered_json() : nlohmann::ordered_json(std::round(u * 1e4) / 1e4);
   nlohmann::ordered_json cap;
-  cap["signals_sent"] = now.signals_sent - std::min(now.signals_sent, base.signals_sent);
-  cap["snapshots"] = now.snapshots - std::min(now.snapshots, base.snapshots);
-  cap["snapshots_discarded"] =
-      now.snapshots_discarded - std::min(now.snapshots_discarded, base.snapshots_discarded);
-  cap["syscalls_interrupted"] =
-      now.syscalls_interrupted - std::min(now.syscalls_interrupted, base.syscalls_interrupted);
+  cap["signals_sent"] = since(now.signals_sent, base.signals_sent);
+  cap["snapshots"] = since(now.snapshots, base.snapshots);
+  cap["snapshots_discarded"] = since(now.snapshots_discarded, base.snapshots_discarded);
+  cap["syscalls_interrupted"] = since(now.syscalls_interrupted, base.syscalls_interrupted);
   r["captures"] = std::move(cap);
   const HistSnapshot lag = now.lag.minus(base.lag);
   r["lateness_ms"] = summary_json(hist_summarize(lag.counts, lag.sum_us), true);

@@ -345,12 +345,6 @@ void stop_vanished(Watch *w, uint64_t now) {
   if (w->slot >= 0) capture_release(w->slot);
 }
 
-// Copies the stack of a thread that sleeps in a system call, without a
-// signal (src/snapshot.h), and unwinds the copy. True with the snap_* fields
-// of the sentinel state set; false when the thread runs (user code, or
-// inside the kernel: /proc gives no registers then), kept moving through
-// every attempt, or could not be read: the signal is the way then. Never
-// called with a lock held: a cold unwind takes about a millisecond.
 // Unwinds the snapshot take_snapshot just accepted into the sentinel state
 // (`t0`: when the sentinel began on it). False when the copy gives no
 // stack the signal could not do better (see below).
@@ -369,13 +363,7 @@ bool unwind_taken(Watch *w, uint64_t t0) {
   if (n <= 0 || us.unknown_code) return false;
   st.snap_pcs.assign(pcs, pcs + n);
   st.snap_first_guessed = us.first_guessed_frame;
-  // Cut: more frames than max_frames, or the stack went on past the copy
-  // (a read beyond the window that was still inside the stack's mapping).
-  const Snapshot &sn = *w->snap;
-  const bool window_ended = sn.stack_hi == 0 || sn.sp + sn.stack_bytes < sn.stack_hi;
-  st.snap_cut = std::strcmp(us.stop, "max frames") == 0 ||
-                (window_ended &&
-                 std::strcmp(us.stop, "memory outside the stack window and every module") == 0);
+  st.snap_cut = us.cut;
   st.snap_us = double(mono_ns() - t0) / 1000.0;
   st.snap_done = true;
   w->snapshots.fetch_add(1, std::memory_order_relaxed);
@@ -391,6 +379,12 @@ bool snapshot_allowed(Watch *w) {
   return slot == nullptr || slot->in_handler.load(std::memory_order_seq_cst) == 0;
 }
 
+// Copies the stack of a thread that sleeps in a system call, without a
+// signal (src/snapshot.h), and unwinds the copy. True with the snap_* fields
+// of the sentinel state set; false when the thread runs (user code, or
+// inside the kernel: /proc gives no registers then), kept moving through
+// every attempt, or could not be read: the signal is the way then. Never
+// called with a lock held: a cold unwind takes about a millisecond.
 bool try_snapshot(Watch *w, int running_looks = kRunningLooks) {
   SentinelState &st = w->s;
   st.snap_done = false;
@@ -398,7 +392,7 @@ bool try_snapshot(Watch *w, int running_looks = kRunningLooks) {
   const uint64_t t0 = mono_ns();
   bool taken = false;
   int running = 0;
-  for (int attempt = 0; attempt < kSnapshotAttempts && !taken; ++attempt) {
+  for (int attempt = 0; attempt < kSnapshotAttempts; ++attempt) {
     taken = take_snapshot(w->who.tid, w->snap.get());
     if (taken) break;
     if (std::strcmp(w->snap->refusal, "thread moved") == 0) {
@@ -418,11 +412,9 @@ bool try_snapshot(Watch *w, int running_looks = kRunningLooks) {
   return unwind_taken(w, t0);
 }
 
-// Asks the loop thread for its stack (a new generation). Returns "" or why
-// it could not. Caller holds no lock.
+// Asks the loop thread for its stack, for the generation start_capture
+// set. Returns "" or why it could not. Caller holds no lock.
 std::string request_capture(Watch *w) {
-  w->s.gen = capture_next_gen();
-  w->s.snap_done = false;
   // Never signal a TID whose thread has ended: another thread of the
   // process may have it now. The probe's files stay bound to the thread
   // they were opened for, so they tell.

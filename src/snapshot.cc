@@ -467,6 +467,10 @@ bool read_own(pid_t pid, uintptr_t addr, void *dst, size_t len) {
   return process_vm_readv(pid, &local, 1, &remote, 1, 0) == ssize_t(len);
 }
 
+// Why a read outside the window was refused (unwind_snapshot tells a stack
+// cut by the window from this pointer).
+const char *const kRefusedRead = "memory outside the stack window and every module";
+
 int access_mem(unw_addr_space_t, unw_word_t addr, unw_word_t *val, int write, void *arg) {
   auto *call = static_cast<UnwindCall *>(arg);
   if (write) return -UNW_EINVAL;
@@ -482,7 +486,7 @@ int access_mem(unw_addr_space_t, unw_word_t addr, unw_word_t *val, int write, vo
   const Segment *seg = find_segment(u, addr);
   if (seg == nullptr || addr + n > seg->hi) {
     ++call->stats->refused_reads;
-    call->why = "memory outside the stack window and every module";
+    call->why = kRefusedRead;
     return -UNW_EINVAL;
   }
   const uintptr_t page = addr / kPageBytes;
@@ -962,6 +966,7 @@ int unwind_snapshot(const Snapshot &snap, uintptr_t *pcs, int max, UnwindStats *
     }
     if (n == max) {
       st.stop = "max frames";
+      st.cut = true;
       break;
     }
     pcs[n++] = uintptr_t(ip);
@@ -984,6 +989,10 @@ int unwind_snapshot(const Snapshot &snap, uintptr_t *pcs, int max, UnwindStats *
     }
     if (r < 0) {
       st.stop = call.why != nullptr ? call.why : "libunwind could not step";
+      // A read past the copy that was still inside the stack's mapping:
+      // the stack goes on beyond the window.
+      st.cut = call.why == kRefusedRead &&
+               (snap.stack_hi == 0 || snap.sp + snap.stack_bytes < snap.stack_hi);
       break;
     }
   }

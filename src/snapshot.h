@@ -85,6 +85,8 @@ struct UnwindStats {
   // It ended at code outside every object whose tables were read (loaded
   // since, or JIT code): the stack goes on, but this unwinder cannot say where.
   bool unknown_code = false;
+  // The stack went on past what was kept: max frames, or the copied window.
+  bool cut = false;
 };
 
 // Loads libunwind-x86_64.so.8 (dlopen RTLD_LOCAL, never linked) and reads
