@@ -151,9 +151,11 @@ extern "C" void uvstall__set_paused(uvstall_t *h, int paused) {
   }
 }
 
-extern "C" int uvstall__handles(const uvstall_t *h, uv_handle_t *out[2]) {
+extern "C" int uvstall__handles(const uvstall_t *h, uv_handle_t *out[UVSTALL__MAX_HANDLES]) {
   if (h == nullptr || out == nullptr || h->external) return 0;
   out[0] = reinterpret_cast<uv_handle_t *>(const_cast<uv_timer_t *>(&h->timer));
   out[1] = reinterpret_cast<uv_handle_t *>(const_cast<uv_async_t *>(&h->async));
-  return 2;
+  out[2] = reinterpret_cast<uv_handle_t *>(const_cast<uv_prepare_t *>(&h->prepare));
+  out[3] = reinterpret_cast<uv_handle_t *>(const_cast<uv_check_t *>(&h->check));
+  return 4;
 }

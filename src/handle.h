@@ -21,10 +21,12 @@ struct uvstall_s {
   // What the source lets the sentinel ask of the loop (src/watch.h); the
   // watch points at it until stop.
   std::unique_ptr<uvstall::internal::LoopHooks> hooks;
-  // libuv source only:
+  // libuv source only (src/uv_source.cc):
   uv_timer_t timer;
   uv_async_t async;
-  int open_handles = 0;
+  uv_prepare_t prepare;  // publishes the loop's clock and poll fd for the sentinel
+  uv_check_t check;      // publishes the loop's clock after each poll
+  int open_handles = 0;  // handles initialized and not yet closed; the last close frees this
 };
 
 namespace uvstall::internal {

@@ -8,7 +8,7 @@
 //                   thread that runs it; configured from UVSTALL_*), and
 //                   tells the watch when the thread enters and leaves the
 //                   loop, so time spent outside uv_run is not a stall.
-//   uv_walk         hides our two handles from the host (uvloop walks every
+//   uv_walk         hides our handles from the host (uvloop walks every
 //                   handle at close and fails on one that is not its own).
 //   uv_loop_close,  detach first, so the loop closes with no handle of ours;
 //   uv_loop_delete  our handles need one more loop iteration to be freed, run
@@ -76,7 +76,7 @@ struct Loop {
   // callbacks run they are still in the loop, and the host must not see
   // them. `data` tells them apart from a host handle at the same address
   // after they are freed.
-  uv_handle_t *ours[2] = {nullptr, nullptr};
+  uv_handle_t *ours[UVSTALL__MAX_HANDLES] = {};
   void *ours_data = nullptr;
   bool detached = false;       // stays detached until the loop is closed
 };
@@ -102,7 +102,11 @@ void say(const std::string &line) {
 }
 
 bool is_ours(const Loop &l, uv_handle_t *h) {
-  return (h == l.ours[0] || h == l.ours[1]) && h != nullptr && h->data == l.ours_data;
+  if (h == nullptr || h->data != l.ours_data) return false;
+  for (uv_handle_t *o : l.ours) {
+    if (h == o) return true;
+  }
+  return false;
 }
 
 // For uvstall-run: this process attached to a loop (once per process).

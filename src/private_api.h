@@ -14,10 +14,13 @@ extern "C" {
  * the loop is not a stall; a stall in progress ends now) or back in it. */
 UVSTALL_EXTERN void uvstall__set_paused(uvstall_t *h, int paused);
 
-/* The libuv handles a watch owns (its timer and async), so a shim can keep
- * them out of the host's uv_walk. Returns how many were stored in out (0
- * for an external watch). */
-UVSTALL_EXTERN int uvstall__handles(const uvstall_t *h, uv_handle_t *out[2]);
+/* The most handles a watch owns: uvstall__handles' out has this many. */
+#define UVSTALL__MAX_HANDLES 4
+
+/* The libuv handles a watch owns (its timer, async, prepare and check), so
+ * a shim can keep them out of the host's uv_walk. Returns how many were
+ * stored in out (0 for an external watch). */
+UVSTALL_EXTERN int uvstall__handles(const uvstall_t *h, uv_handle_t *out[UVSTALL__MAX_HANDLES]);
 
 /* Benchmark of the frames provider (bench/python_frames.py): reads the
  * calling thread's interpreter frames 1 + `iterations` times with one new

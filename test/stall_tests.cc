@@ -323,6 +323,83 @@ TEST_SUITE("detection") {
   }
 }
 
+// A stall's start is bounded by the later of the loop's last beat and the
+// clock the loop published when it last ran a callback of ours (the
+// uv_prepare before its poll, the uv_check after it: src/uv_source.cc). At
+// 200 ms beats a callback that blocks 100 ms after a beat shows which one.
+TEST_SUITE("stall start") {
+  // The timer phase: the stall starts where the poll before it returned,
+  // not at the beat 100 ms earlier.
+  TEST_CASE("a timer callback that blocks long after the last beat is timed from its own start") {
+    uvt::WatchedLoop wl([](uvstall_options_t *o) {
+      o->interval_ms = 200;
+      o->threshold_ms = 400;
+    });
+    REQUIRE(wl.start_rc == 0);
+    // Beats at about 200 ms, 400 ms, ...: the culprit starts about 100 ms
+    // after the first and is detected about 600 ms after it.
+    wl.after(300, [] { uvstall_test_busy(700); });
+    wl.run();
+    REQUIRE(wl.col.wait_count("stall_end", 1, 3000));
+    auto stalls = wl.col.of_type("stall");
+    REQUIRE(stall_ids(stalls).size() == 1);
+    const auto end = wl.col.of_type("stall_end")[0].j;
+    INFO("stall: " << stalls[0].j.dump() << "\nend: " << end.dump());
+    CHECK(end["ended_by"] == "loop");
+    const double start_ms = uvt::g_culprit_start_ns.load() / 1e6;
+    const double truth = (uvt::g_culprit_end_ns.load() - uvt::g_culprit_start_ns.load()) / 1e6;
+    // Never after the culprit's start (1 us of the records' rounding), and
+    // not the beat's: within the tolerance, not 100 ms early.
+    CHECK(end["start_mono_ms"].get<double>() <= start_ms + 0.001);
+    CHECK(end["start_mono_ms"].get<double>() >= start_ms - kLateMs);
+    const double d = end["duration_ms"].get<double>();
+    CHECK(d >= truth - kEarlyMs);
+    CHECK(d <= truth + kLateMs);
+    // The first sample, taken during the stall, is as old as the culprit.
+    const double since_start = (stalls[0].arrived_ns - uvt::g_culprit_start_ns.load()) / 1e6;
+    CHECK(stalls[0].j["blocked_ms"].get<double>() <= since_start + kLateMs);
+  }
+
+  // The I/O phase: nothing of ours runs between the poll's return and its
+  // callbacks, so the stall starts where the loop entered the poll — never
+  // after the callback, at most about one interval before it.
+  TEST_CASE("an I/O callback that blocks is timed from at most one interval before it") {
+    uvt::WatchedLoop wl([](uvstall_options_t *o) {
+      o->interval_ms = 200;
+      o->threshold_ms = 400;
+    });
+    REQUIRE(wl.start_rc == 0);
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    uv_poll_t readable;
+    REQUIRE(uv_poll_init(&wl.loop, &readable, fds[0]) == 0);
+    uv_poll_start(&readable, UV_READABLE, [](uv_poll_t *p, int, int) {
+      uvstall_test_busy(700);
+      uv_close(reinterpret_cast<uv_handle_t *>(p), nullptr);
+    });
+    // Keeps the loop running after the culprit, so that it ends the stall.
+    wl.after(1500, [] {});
+    std::thread writer([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      CHECK(write(fds[1], "x", 1) == 1);
+    });
+    wl.run();
+    writer.join();
+    close(fds[0]);
+    close(fds[1]);
+    REQUIRE(wl.col.wait_count("stall_end", 1, 3000));
+    const auto end = wl.col.of_type("stall_end")[0].j;
+    INFO("end: " << end.dump());
+    CHECK(end["ended_by"] == "loop");
+    const double start_ms = uvt::g_culprit_start_ns.load() / 1e6;
+    const double truth = (uvt::g_culprit_end_ns.load() - uvt::g_culprit_start_ns.load()) / 1e6;
+    CHECK(end["start_mono_ms"].get<double>() <= start_ms + 0.001);
+    const double d = end["duration_ms"].get<double>();
+    CHECK(d >= truth - kEarlyMs);
+    CHECK(d <= truth + 200 + kLateMs);
+  }
+}
+
 TEST_SUITE("lifecycle") {
   TEST_CASE("stop during a stall ends it with ended_by stop") {
     uvt::WatchedLoop wl;
