@@ -201,6 +201,32 @@ class Culprits:
                 tops = [[f["symbol"] for f in r["frames"][:3]] for r in self.during(name)]
                 self.assertTrue(any(call in top for top in tops), (name, tops))
 
+    def test_blocked_in_a_system_call_taken_without_a_signal(self):
+        # time.sleep sleeps in one clock_nanosleep; urlopen waits for the
+        # slow server in poll/recv. The thread is asleep in a system call
+        # when each sample is taken, so its stack is copied (a snapshot), and
+        # no signal reaches it: CPython would retry an EINTR'd sleep, so the
+        # record's capture_via is what proves the path. A sample due as the
+        # call returns (the backoff's 400 ms one for a 400 ms sleep) finds
+        # Python running and is signalled: only samples taken 30 ms or more
+        # before the culprit's end count. (The CPU culprits are signalled:
+        # they are the control.)
+        for name in ("sleep", "http"):
+            if name in self.CULPRITS:
+                with self.subTest(culprit=name):
+                    got = [r for r in self.during(name)
+                           if record_time(r) <= self.windows[name]["end"] - 0.030]
+                    self.assertTrue(got)
+                    vias = [r.get("capture_via") for r in got]
+                    if name == "sleep":
+                        self.assertEqual(set(vias), {"snapshot"}, vias)
+                    else:
+                        self.assertEqual(vias[0], "snapshot", vias)
+        for name in ("json", "re"):
+            if name in self.CULPRITS:
+                with self.subTest(culprit=name):
+                    self.assertIn("signal", [r.get("capture_via") for r in self.during(name)])
+
     def test_every_stall_ends_once_with_its_duration(self):
         ends = {r["stall_id"]: r for r in self.records if r["type"] == "stall_end"}
         for name in self.CULPRITS:
