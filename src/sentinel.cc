@@ -80,6 +80,13 @@ constexpr int kSnapshotAttempts = 8;
 // call, or running inside the kernel, is then usually found asleep.
 constexpr int kRunningLooks = 4;
 constexpr int kRunningPauseUs = 250;
+// A thread found running that slept between two looks (its voluntary
+// context switches rose) runs in short stretches: it will sleep again
+// soon, and a signal sent now may well arrive as it does (and cut that
+// sleep short). It is looked at this often, for up to this long from the
+// first look, before the signal is sent.
+constexpr int kSleepyPauseUs = 100;
+constexpr uint64_t kSleepyLooksNs = 3 * kNsPerMs;
 // While a signal's stack is awaited, the thread is looked at again this
 // often (see SentinelState::next_look_ns).
 constexpr uint64_t kLookAgainNs = 2 * kNsPerMs;
@@ -390,26 +397,31 @@ bool try_snapshot(Watch *w, int running_looks = kRunningLooks) {
   st.snap_done = false;
   if (!snapshot_allowed(w)) return false;
   const uint64_t t0 = mono_ns();
-  bool taken = false;
-  int running = 0;
-  for (int attempt = 0; attempt < kSnapshotAttempts; ++attempt) {
-    taken = take_snapshot(w->who.tid, w->snap.get());
-    if (taken) break;
-    if (std::strcmp(w->snap->refusal, "thread moved") == 0) {
+  int moved = 0, running = 0;
+  bool have_switches = false, sleepy = false;
+  uint64_t first_switches = 0;
+  for (;;) {
+    Snapshot &snap = *w->snap;
+    if (take_snapshot(w->who.tid, &snap)) return unwind_taken(w, t0);
+    if (std::strcmp(snap.refusal, "thread moved") == 0) {
       w->snapshots_discarded.fetch_add(1, std::memory_order_relaxed);
-    } else if (std::strcmp(w->snap->refusal, "thread running") == 0 &&
-               ++running < running_looks) {
-      // Running: in user code (the signal's case), or inside the kernel
-      // (a long read of the page cache, a call on its way in or out):
-      // look again shortly before a signal is sent.
-      struct timespec pause = {0, long(kRunningPauseUs) * 1000};
-      nanosleep(&pause, nullptr);
-    } else {
-      return false;
+      if (++moved == kSnapshotAttempts) return false;
+      continue;
     }
+    if (std::strcmp(snap.refusal, "thread running") != 0) return false;
+    // Running: in user code (the signal's case), or inside the kernel (a
+    // long read of the page cache, a call on its way in or out): look again
+    // shortly before a signal is sent; for longer if it sleeps now and then.
+    if (snap.switches_read) {
+      if (!have_switches) first_switches = snap.last_switches;
+      have_switches = true;
+      sleepy = sleepy || snap.last_switches != first_switches;
+    }
+    ++running;
+    if (running >= running_looks && !(sleepy && mono_ns() - t0 < kSleepyLooksNs)) return false;
+    struct timespec pause = {0, long(sleepy ? kSleepyPauseUs : kRunningPauseUs) * 1000};
+    nanosleep(&pause, nullptr);
   }
-  if (!taken) return false;
-  return unwind_taken(w, t0);
 }
 
 // Asks the loop thread for its stack, for the generation start_capture
@@ -434,7 +446,8 @@ std::string request_capture(Watch *w) {
   // read of /proc to the signal's arrival: microseconds.
   if (snapshot_allowed(w)) {
     const uint64_t t0 = mono_ns();
-    if (take_snapshot(w->who.tid, w->snap.get())) {
+    if (take_snapshot(w->who.tid, w->snap.get(), kSnapshotWindowBytes,
+                      /*status_when_running=*/false)) {
       lock.unlock();
       if (unwind_taken(w, t0)) return {};
       lock.lock();

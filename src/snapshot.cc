@@ -131,11 +131,18 @@ ssize_t read_text(Snapshot *out, int fd) {
   return n;
 }
 
-bool read_state(Snapshot *out, SyscallRegs *regs, char *state, uint64_t *switches) {
+// The syscall file, then (unless the thread runs and status_when_running
+// is false) the status file; the switch count is kept in out.
+bool read_state(Snapshot *out, SyscallRegs *regs, char *state, uint64_t *switches,
+                bool status_when_running = true) {
   ssize_t n = read_text(out, out->syscall_fd);
   if (n <= 0 || !parse_syscall_regs(out->text, size_t(n), regs)) return false;
+  if (regs->running && !status_when_running) return true;
   n = read_text(out, out->status_fd);
-  return n > 0 && parse_status_switches(out->text, size_t(n), state, switches);
+  if (n <= 0 || !parse_status_switches(out->text, size_t(n), state, switches)) return false;
+  out->last_switches = *switches;
+  out->switches_read = true;
+  return true;
 }
 
 void close_files(Snapshot *out) {
@@ -195,9 +202,10 @@ bool find_mapping(Snapshot *out, uintptr_t addr, uintptr_t *lo, uintptr_t *hi) {
 
 }  // namespace
 
-bool take_snapshot(pid_t tid, Snapshot *out, size_t window_bytes) {
+bool take_snapshot(pid_t tid, Snapshot *out, size_t window_bytes, bool status_when_running) {
   out->refusal = "";
   out->stack_bytes = 0;
+  out->switches_read = false;
   if (tid == pid_t(syscall(SYS_gettid))) {
     out->refusal = "own thread";  // it is running: reading /proc right now
     return false;
@@ -209,7 +217,7 @@ bool take_snapshot(pid_t tid, Snapshot *out, size_t window_bytes) {
   SyscallRegs before, after;
   char state_before = '?', state_after = '?';
   uint64_t sw_before = 0, sw_after = 0;
-  if (!read_state(out, &before, &state_before, &sw_before)) {
+  if (!read_state(out, &before, &state_before, &sw_before, status_when_running)) {
     // Files opened for an ended thread stay bound to it: the next call
     // opens them again, for a thread that may have reused the TID.
     close_files(out);

@@ -43,6 +43,10 @@ struct Snapshot {
   uintptr_t sp = 0;            // user stack pointer at syscall entry
   uintptr_t pc = 0;            // user instruction pointer after the syscall
   uint64_t voluntary_switches = 0;
+  // The thread's voluntary context switches as of the last read of its
+  // status, also one that found it running; switches_read: there was one.
+  uint64_t last_switches = 0;
+  bool switches_read = false;
   size_t stack_bytes = 0;      // bytes copied from sp (less at a mapping's end)
   uintptr_t stack_lo = 0;      // the mapping holding sp; 0, 0: not known
   uintptr_t stack_hi = 0;
@@ -66,8 +70,12 @@ struct Snapshot {
 // number, sp, pc and switch count are unchanged: the thread did not run in
 // between, so the copy is one consistent stack. False with out->refusal
 // set otherwise ("thread running", "not in a system call", "thread moved",
-// ...). `tid` must be a thread of this process.
-bool take_snapshot(pid_t tid, Snapshot *out, size_t window_bytes = kSnapshotWindowBytes);
+// ...). `tid` must be a thread of this process. With status_when_running
+// false, a thread found running is refused without reading its status (a
+// last look right before a signal: every microsecond after /proc said
+// "running" is one in which the thread may enter a system call).
+bool take_snapshot(pid_t tid, Snapshot *out, size_t window_bytes = kSnapshotWindowBytes,
+                   bool status_when_running = true);
 
 // What one unwind did.
 struct UnwindStats {
