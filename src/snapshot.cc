@@ -192,7 +192,6 @@ bool scan_maps(char *buf, size_t cap, Fn fn) {
 // One line of /proc/self/maps: "lo-hi perms offset dev inode [path]".
 struct MapsLine {
   uintptr_t lo = 0, hi = 0, offset = 0;
-  bool exec = false;
   const char *path = "";  // points into the line
 };
 
@@ -203,9 +202,8 @@ bool parse_maps_line(const char *line, MapsLine *out) {
   const char *q = p + 1;
   out->hi = uintptr_t(std::strtoull(q, &p, 16));
   if (p == q || *p != ' ') return false;
-  out->exec = std::strlen(p) > 4 && p[3] == 'x';
-  q = p + 5;
   if (std::strlen(p) < 6) return false;
+  q = p + 5;  // past " perm": strtoull skips the space before the offset
   out->offset = uintptr_t(std::strtoull(q, &p, 16));
   // dev and inode, then spaces before the path (if any).
   for (int field = 0; field < 2; ++field) {
@@ -667,7 +665,7 @@ void refresh_locked(Unwinder &u) {
 // Reads no file and takes no loader lock; the headers are copied with
 // process_vm_readv. False when addr is in no file mapping.
 bool find_object_base(Unwinder &u, uintptr_t addr, uintptr_t *base) {
-  char path[512];
+  char path[512] = "";
   const bool in_file = scan_maps(u.maps_text, sizeof u.maps_text - 1, [&](const char *line) {
     MapsLine m;
     if (!parse_maps_line(line, &m) || addr < m.lo || addr >= m.hi) return false;

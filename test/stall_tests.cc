@@ -161,7 +161,9 @@ TEST_SUITE("culprits") {
     // 40 frames of ~1 KiB each under a busy loop. With a 4 KiB window the
     // copy holds the innermost few: the record is truncated and every frame
     // it has is the spin, the clock it calls or the recursion; with the
-    // default 64 KiB the unwind reaches the loop (uv_run) untruncated.
+    // default 64 KiB the unwind has the whole recursion and reaches the
+    // loop (uv_run). (What lies beyond uv_run may still be cut: under ASan
+    // the test runner's frames are large enough to end past the window.)
     for (const uint32_t kb : {4u, 64u}) {
       CAPTURE(kb);
       uvt::WatchedLoop wl([kb](uvstall_options_t *o) { o->stack_window_kb = kb; });
@@ -180,7 +182,9 @@ TEST_SUITE("culprits") {
       for (size_t i = size_t(busy) + 1; i < s["frames"].size(); ++i) {
         const auto &f = s["frames"][i];
         const std::string symbol = f["symbol"].is_string() ? f["symbol"].get<std::string>() : "";
-        if (symbol != "uvstall_test_deep_busy") break;
+        // GCC may name the recursive calls' target by its local alias
+        // (uvstall_test_deep_busy.localalias, seen under ASan).
+        if (symbol.rfind("uvstall_test_deep_busy", 0) != 0) break;
         ++deep;
       }
       if (kb == 4) {
@@ -190,7 +194,6 @@ TEST_SUITE("culprits") {
         // Nothing but the recursion after the spin: no wrong frame.
         CHECK(size_t(busy) + 1 + size_t(deep) == s["frames"].size());
       } else {
-        CHECK(s.value("truncated", false) == false);
         CHECK(deep == 41);
         CHECK(uvt::frame_index(s, "uv_run") > busy + deep);
       }
