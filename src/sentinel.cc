@@ -874,8 +874,9 @@ int process_start_locked() {
   if (g_proc->started) return g_proc->start_err;
   g_proc->started = true;
   warm_statics();
-  // The snapshot unwinder reads every object's unwind tables now, outside
-  // any stall; without it every sample is taken by the signal.
+  // The unwinder reads every object's unwind tables now, outside any
+  // stall; without it no stack is taken (snapshot or signal copy alike:
+  // the records say why).
   g_snapshots.store(snapshot_unwinder_init(), std::memory_order_release);
   if (!g_proc->configured) {
     int rc = resolve_process_options(nullptr, &g_proc->pcfg);
