@@ -9,8 +9,10 @@
 // Prints a table (median and min..max over the repetitions) in Markdown.
 // --handler N: capture cost only. Each repetition runs a fresh thread with
 // its own loop and watch (max_frames N) and three 150 ms stalls at a stack
-// depth of N frames; the first capture on a thread is cold (libunwind fills
-// its per-thread cache), the later ones warm.
+// depth of N frames; the first capture on a thread is cold (its copy buffer
+// and stack pages not yet in the caches), the later ones warm. handler_us
+// is the handler's copy of registers and stack window; the sentinel unwinds
+// the copy afterwards, off the loop thread.
 #include <uvstall/uvstall.h>
 
 #include <algorithm>

@@ -5,58 +5,51 @@
 // arbitrary code, so it:
 //   - saves errno on entry and restores it on every exit path;
 //   - writes only the preallocated CaptureSlot of its own thread, found
-//     through a fixed table, after checking the request generation and tid;
+//     through a fixed table, after checking the request generation and tid:
+//     the interrupted registers (the ucontext's gregs) and a copy of the
+//     interrupted stack, [rsp, rsp + window), into the buffer allocated at
+//     capture_acquire. It does not unwind: the sentinel unwinds the copy
+//     later, off the thread, with the snapshot unwinder (src/snapshot.h);
 //   - calls only: getpid/gettid (syscalls), clock_gettime (vDSO),
 //     sem_post, sigprocmask (only when chaining), sigaction and tgkill
-//     (only when chaining to a default action), process_vm_readv on our
-//     own pid (two bytes of code, which it reads instead of dereferencing:
-//     it fails where a load would fault), and libunwind's
-//     unw_init_local2 / unw_get_reg / unw_step for the local address space;
-//   - never calls malloc, stdio, dladdr, unw_get_proc_name, C++ exceptions,
-//     JSON code or any lock of ours, and never blocks;
-//   - assumes libunwind's local unwinder is async-signal-safe with the
-//     per-thread cache (UNW_CACHE_PER_THREAD, set here): it takes no locks,
-//     but on a cache miss it calls dl_iterate_phdr, which takes glibc's
-//     recursive loader lock. The thread is warmed at start
-//     (capture_warm_thread) so its cache and thread-local storage exist;
-//     a thread stopped inside dlopen re-enters that lock recursively, which
-//     does not deadlock; while another thread holds it, the handler waits
-//     for that thread (the sentinel reports a timeout and goes on);
+//     (only when chaining to a default action), and process_vm_readv on
+//     our own pid, as a raw syscall (two bytes of code before rip, and the
+//     stack window: one call each). It reads memory that way instead of
+//     dereferencing it: the call stops short at an unmapped page where a
+//     load would fault, and AddressSanitizer does not instrument it (a
+//     memcpy of the stack would touch its redzones);
+//   - never calls malloc, stdio, dladdr, dl_iterate_phdr, libunwind, C++
+//     exceptions, JSON code or any lock (ours or glibc's loader lock), and
+//     never blocks: a thread stopped inside dlopen, or one whose loader
+//     lock another thread holds, is copied like any other;
 //   - runs with every asynchronous signal blocked (sa_mask; faults stay
 //     unblocked), so no host handler runs inside it: a profiler's SIGPROF
-//     handler never re-enters libunwind mid-unwind, and an alarm handler
-//     that siglongjmps cannot leave it half-way (libunwind itself blocks
-//     every signal around its dl_iterate_phdr call); those signals run
-//     when it returns;
+//     handler or an alarm handler that siglongjmps cannot cut it half-way;
+//     those signals run when it returns;
 //   - hands any signal the sentinel did not send (wrong si_code, pid or
 //     cookie) to the handler installed before ours, with the mask that
 //     handler would have had without us; a stale one of ours
 //     (its watch has gone) is ignored, never chained, because the previous
 //     action for a real-time signal is usually "terminate".
-//
-// libunwind is loaded with dlopen(RTLD_LOCAL) rather than linked: Debian's
-// libunwind.so.8 also exports _Unwind_RaiseException & co., and if it came
-// before libgcc_s in the global lookup order it would take over C++
-// exception unwinding for the whole host.
 #include "capture.h"
 
-#include <dlfcn.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <new>
 #include <vector>
-
-#define UNW_LOCAL_ONLY
-#include <libunwind.h>
 
 #include "clock.h"
 #include "fork.h"
+#include "snapshot.h"
+#include <uvstall/uvstall.h>
 
 namespace uvstall::internal {
 
@@ -78,20 +71,8 @@ int g_cookie = 0;           // si_errno of our signals: tells them apart
 sem_t *g_wake = nullptr;
 struct sigaction g_prev;    // the action installed before ours
 
-// libunwind entry points, resolved by name at capture_init.
-using InitLocal2Fn = int (*)(unw_cursor_t *, unw_context_t *, int);
-using StepFn = int (*)(unw_cursor_t *);
-using GetRegFn = int (*)(unw_cursor_t *, unw_regnum_t, unw_word_t *);
-InitLocal2Fn g_init_local2 = nullptr;
-StepFn g_step = nullptr;
-GetRegFn g_get_reg = nullptr;
-std::string *g_unwinder_problem = new std::string;  // never destroyed
-
 std::atomic<uint64_t> g_stale{0};
 std::atomic<uint64_t> g_next_gen{0};
-
-#define UVSTALL_STR2_(x) #x
-#define UVSTALL_STR_(x) UVSTALL_STR2_(x)
 
 // [handler] Passes a signal that is not ours to whoever had it before us.
 void chain(int sig, siginfo_t *info, void *uc) {
@@ -126,34 +107,28 @@ void chain(int sig, siginfo_t *info, void *uc) {
   g_prev.sa_handler(sig);
 }
 
-// [handler] Unwinds from the interrupted context into the slot.
-void unwind_into(CaptureSlot *slot, void *uc) {
-  slot->nframes = 0;
-  slot->truncated = false;
-  if (g_init_local2 == nullptr) {
-    slot->error = kCaptureNoUnwinder;
-    return;
-  }
-  unw_cursor_t cursor;
-  if (g_init_local2(&cursor, static_cast<unw_context_t *>(uc),
-                    UNW_INIT_SIGNAL_FRAME) != 0) {
-    slot->error = kCaptureInitFailed;
-    return;
-  }
-  slot->error = kCaptureOk;
-  const uint32_t max = slot->max_frames;
-  uint32_t n = 0;
-  for (;;) {
-    unw_word_t ip = 0;
-    if (g_get_reg(&cursor, UNW_REG_IP, &ip) != 0 || ip == 0) break;
-    if (n == max) {
-      slot->truncated = true;
-      break;
-    }
-    slot->frames[n++] = uintptr_t(ip);
-    if (g_step(&cursor) <= 0) break;
-  }
-  slot->nframes = n;
+// [handler] Reads [addr, addr + len) of our own memory into dst; the
+// bytes read (short at an unmapped page), or -1.
+ssize_t read_own_memory(void *dst, uintptr_t addr, size_t len) {
+  struct iovec local = {dst, len};
+  struct iovec remote = {reinterpret_cast<void *>(addr), len};
+  return ssize_t(syscall(SYS_process_vm_readv, getpid(), &local, 1UL, &remote, 1UL, 0UL));
+}
+
+// [handler] Copies the interrupted registers and stack window into the
+// slot. The window ends at the stack mapping's top when rsp lies in the
+// mapping recorded at acquire, else where the window (or the mapping the
+// kernel finds) ends.
+void copy_into(CaptureSlot *slot, void *uc) {
+  const mcontext_t &m = static_cast<ucontext_t *>(uc)->uc_mcontext;
+  for (int i = 0; i < NGREG; ++i) slot->gregs[i] = int64_t(m.gregs[i]);
+  const uintptr_t sp = uintptr_t(m.gregs[REG_RSP]);
+  size_t want = slot->window_bytes;
+  if (sp >= slot->stack_lo && sp < slot->stack_hi)
+    want = std::min(want, size_t(slot->stack_hi - sp));
+  const ssize_t got = read_own_memory(slot->stack, sp, want);
+  slot->stack_bytes = got > 0 ? size_t(got) : 0;
+  slot->error = got > 0 ? kCaptureOk : kCaptureStackUnreadable;
 }
 
 // [handler] True when the signal interrupted a system call that now
@@ -169,9 +144,7 @@ bool interrupted_a_syscall(void *uc) {
   if (m.gregs[REG_RAX] != -EINTR) return false;
   const uintptr_t rip = uintptr_t(m.gregs[REG_RIP]);
   unsigned char code[2] = {0, 0};
-  struct iovec local = {code, sizeof code};
-  struct iovec remote = {reinterpret_cast<void *>(rip - 2), sizeof code};
-  if (syscall(SYS_process_vm_readv, getpid(), &local, 1UL, &remote, 1UL, 0UL) != 2) return false;
+  if (read_own_memory(code, rip - 2, sizeof code) != 2) return false;
   return code[0] == 0x0f && code[1] == 0x05;
 }
 
@@ -201,7 +174,7 @@ void on_signal(int sig, siginfo_t *info, void *uc) {
   slot->in_handler.store(1, std::memory_order_seq_cst);
   slot->t_enter_ns = mono_ns();
   slot->interrupted_syscall = interrupted;
-  unwind_into(slot, uc);
+  copy_into(slot, uc);
   slot->t_exit_ns = mono_ns();
   slot->in_handler.store(0, std::memory_order_release);
   slot->done_gen.store(gen, std::memory_order_release);
@@ -217,35 +190,9 @@ struct Pool {
   std::mutex mu;
   std::vector<CaptureSlot *> free;  // released slots, reused first
   int used = 0;                     // table entries ever handed out
+  std::vector<unsigned char *> retired;  // copy buffers outgrown, kept
 };
 Pool *g_pool = new Pool;
-
-void load_unwinder() {
-  // RTLD_LOCAL keeps libunwind's _Unwind_* out of the global scope (see top).
-  void *lib = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
-  if (lib == nullptr) {
-    const char *e = dlerror();
-    *g_unwinder_problem = std::string("cannot load libunwind.so.8: ") + (e ? e : "?");
-    return;
-  }
-  auto init = reinterpret_cast<InitLocal2Fn>(dlsym(lib, UVSTALL_STR_(unw_init_local2)));
-  auto step = reinterpret_cast<StepFn>(dlsym(lib, UVSTALL_STR_(unw_step)));
-  auto get_reg = reinterpret_cast<GetRegFn>(dlsym(lib, UVSTALL_STR_(unw_get_reg)));
-  using PolicyFn = int (*)(unw_addr_space_t, unw_caching_policy_t);
-  auto policy = reinterpret_cast<PolicyFn>(
-      dlsym(lib, UVSTALL_STR_(unw_set_caching_policy)));
-  auto as = static_cast<unw_addr_space_t *>(
-      dlsym(lib, UVSTALL_STR_(unw_local_addr_space)));
-  if (!init || !step || !get_reg || !policy || !as) {
-    *g_unwinder_problem = "libunwind.so.8 lacks unw_init_local2 (need libunwind >= 1.3)";
-    return;
-  }
-  // Per-thread caches: no lock inside the handler (see the contract).
-  policy(*as, UNW_CACHE_PER_THREAD);
-  g_init_local2 = init;
-  g_step = step;
-  g_get_reg = get_reg;
-}
 
 }  // namespace
 
@@ -253,19 +200,14 @@ const char *capture_error_text(int32_t err) {
   switch (err) {
     case kCaptureOk:
       return "";
-    case kCaptureNoUnwinder:
-      return g_unwinder_problem->c_str();
-    case kCaptureInitFailed:
-      return "libunwind could not start from the signal context";
+    case kCaptureStackUnreadable:
+      return "the interrupted stack could not be read";
     default:
       return "unknown capture error";
   }
 }
 
-const std::string &capture_unwinder_problem() { return *g_unwinder_problem; }
-
 int capture_init(int sig, sem_t *wake) {
-  load_unwinder();
   unsigned int seed = 0;
   if (getentropy(&seed, sizeof seed) != 0) seed = unsigned(mono_ns());
   g_cookie = int(seed & 0x3fffffff) | 1;
@@ -284,7 +226,11 @@ int capture_init(int sig, sem_t *wake) {
   return 0;
 }
 
-int capture_acquire(uint32_t max_frames) {
+int capture_acquire(size_t window_bytes) {
+  // Outside the pool's lock: reads /proc/self/maps.
+  uintptr_t lo = 0, hi = 0;
+  int here = 0;
+  if (!find_stack_mapping(uintptr_t(&here), &lo, &hi)) lo = hi = 0;
   std::lock_guard<std::mutex> lock(g_pool->mu);
   CaptureSlot *slot = nullptr;
   int index = -1;
@@ -302,13 +248,29 @@ int capture_acquire(uint32_t max_frames) {
     index = g_pool->used++;
   }
   if (slot == nullptr) return -1;
+  if (slot->stack_capacity < window_bytes) {
+    // The old buffer is kept, never freed: a stale handler that passed
+    // its generation check before the slot was released may still write it.
+    unsigned char *grown = new (std::nothrow) unsigned char[window_bytes];
+    if (grown == nullptr) {
+      g_pool->free.push_back(slot);  // its table entry stays empty, reused later
+      return -1;
+    }
+    // Not touched here: a watch's memory grows only by the pages its
+    // copies write (a shallow stack, a few KiB), not the whole window.
+    if (slot->stack != nullptr) g_pool->retired.push_back(slot->stack);
+    slot->stack = grown;
+    slot->stack_capacity = window_bytes;
+  }
   slot->tid = pid_t(syscall(SYS_gettid));
-  slot->max_frames = max_frames;
+  slot->window_bytes = window_bytes;
+  slot->stack_lo = lo;
+  slot->stack_hi = hi;
+  slot->stack_bytes = 0;
   slot->request_gen.store(0, std::memory_order_relaxed);
   slot->done_gen.store(0, std::memory_order_relaxed);
   slot->interrupted_total.store(0, std::memory_order_relaxed);
   slot->in_handler.store(0, std::memory_order_relaxed);
-  slot->nframes = 0;
   g_table[index].store(slot, std::memory_order_release);
   return index;
 }
@@ -326,16 +288,6 @@ void capture_release(int index) {
   slot->request_gen.store(0, std::memory_order_release);
   g_table[index].store(nullptr, std::memory_order_release);
   g_pool->free.push_back(slot);
-}
-
-void capture_warm_thread() {
-  if (g_init_local2 == nullptr) return;
-  ucontext_t uc;
-  if (getcontext(&uc) != 0) return;
-  unw_cursor_t cursor;
-  if (g_init_local2(&cursor, reinterpret_cast<unw_context_t *>(&uc), 0) != 0) return;
-  for (int i = 0; i < int(kMaxFrames) && g_step(&cursor) > 0; ++i) {
-  }
 }
 
 uint64_t capture_next_gen() {

@@ -6,20 +6,18 @@
 
 #include <sys/types.h>
 #include <semaphore.h>
+#include <ucontext.h>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
-#include <string>
-
-#include "config.h"
 
 namespace uvstall::internal {
 
-// Why a capture produced no stack (CaptureSlot::error).
+// Why a capture produced no stack copy (CaptureSlot::error).
 enum CaptureError : int32_t {
   kCaptureOk = 0,
-  kCaptureNoUnwinder = 1,   // libunwind.so.8 could not be loaded
-  kCaptureInitFailed = 2,   // unw_init_local2 refused the signal context
+  kCaptureStackUnreadable = 1,  // process_vm_readv read nothing at rsp
 };
 const char *capture_error_text(int32_t err);
 
@@ -31,7 +29,15 @@ struct CaptureSlot {
   // slot is published in the table (release); the handler reads them after
   // an acquire load of the table entry, so it sees them complete.
   pid_t tid = 0;
-  uint32_t max_frames = kDefaultMaxFrames;
+  // The copy buffer, window_bytes long (allocated by capture_acquire; a
+  // recycled slot keeps a buffer at least that big).
+  unsigned char *stack = nullptr;
+  size_t window_bytes = 0;
+  size_t stack_capacity = 0;  // bytes allocated at stack
+  // The thread's stack mapping at acquire time (/proc/self/maps); 0, 0:
+  // not found. A copy whose rsp lies outside it (sigaltstack, a
+  // coroutine's stack) is bounded by the window alone.
+  uintptr_t stack_lo = 0, stack_hi = 0;
 
   // Request: the sentinel stores the generation it is about to signal for
   // (release); the handler acts only if its signal carries that generation.
@@ -41,42 +47,39 @@ struct CaptureSlot {
   // (release); the sentinel reads the fields after an acquire load of
   // done_gen equal to its request.
   uint64_t t_enter_ns = 0;      // CLOCK_MONOTONIC at handler entry
-  uint64_t t_exit_ns = 0;       // ... and when the stack was complete
-  uint32_t nframes = 0;
+  uint64_t t_exit_ns = 0;       // ... and when the copy was complete
   int32_t error = kCaptureOk;
-  bool truncated = false;       // more frames than max_frames
   // The signal cut a system call short: the interrupted code returns from
   // its syscall instruction with -EINTR (a restarted call is not counted:
   // the kernel re-runs it, its result unchanged).
   bool interrupted_syscall = false;
-  uintptr_t frames[kMaxFrames] = {};
+  // The interrupted registers (the ucontext's gregs: REG_RIP, REG_RSP,
+  // REG_RBP...) and the bytes copied from [rsp, rsp + stack_bytes).
+  int64_t gregs[NGREG] = {};
+  size_t stack_bytes = 0;
   // Captures of this owner that cut a system call short, stale ones
   // included (the handler counts every signal it acts on or ignores for
   // this slot's thread). Reset at acquire.
   std::atomic<uint64_t> interrupted_total{0};
-  // 1 while the handler unwinds for this slot: the thread's stack then
+  // 1 while the handler copies for this slot: the thread's stack then
   // holds the handler's own frames (a snapshot is not taken then).
   std::atomic<uint32_t> in_handler{0};
   std::atomic<uint64_t> done_gen{0};
 };
 
-// Process-wide set-up, once: loads libunwind privately, installs the handler
-// for `sig` (chaining to the previous one) and remembers `wake`, which the
-// handler posts when a stack is ready. Returns 0 or UVSTALL_ESIGACTION.
+// Process-wide set-up, once: installs the handler for `sig` (chaining to
+// the previous one) and remembers `wake`, which the handler posts when a
+// stack copy is ready. Returns 0 or UVSTALL_ESIGACTION.
 int capture_init(int sig, sem_t *wake);
-// Why libunwind is unusable, or "" when it loaded.
-const std::string &capture_unwinder_problem();
 
-// Takes a slot for the calling thread (its tid) and publishes it. Returns its
-// index, or -1 when every slot is in use.
-int capture_acquire(uint32_t max_frames);
+// Takes a slot for the calling thread (its tid), with a copy buffer of
+// window_bytes and the thread's stack mapping, and publishes it. Returns
+// its index, or -1 when every slot is in use (or the buffer could not be
+// allocated).
+int capture_acquire(size_t window_bytes);
 CaptureSlot *capture_slot(int index);
 // Gives a slot back; a request still in flight for it is ignored on arrival.
 void capture_release(int index);
-
-// Unwinds the calling thread once, outside any signal, so libunwind's
-// per-thread state and caches exist before the first signal arrives.
-void capture_warm_thread();
 
 // The next request generation, unique per process.
 uint64_t capture_next_gen();

@@ -54,6 +54,8 @@ int resolve_options(const uvstall_options_t *opts, Config *out) {
   if (o.metrics_interval_ms != 0 && (o.metrics_interval_ms < kMinMetricsIntervalMs ||
                                      o.metrics_interval_ms > kMaxMetricsIntervalMs))
     return UVSTALL_EMETRICSINTERVAL;
+  if (o.stack_window_kb < kMinStackWindowKb || o.stack_window_kb > kMaxStackWindowKb)
+    return UVSTALL_ESTACKWINDOW;
 
   Config c;
   c.interval_ms = o.interval_ms;
@@ -68,6 +70,7 @@ int resolve_options(const uvstall_options_t *opts, Config *out) {
   c.on_report = o.on_report;
   c.report_arg = o.report_arg;
   c.max_samples_per_stall = o.max_samples_per_stall;
+  c.stack_window_kb = o.stack_window_kb;
   c.abort_after_ms = o.abort_after_ms;
   c.metrics_interval_ms = o.metrics_interval_ms;
   *out = std::move(c);
@@ -121,6 +124,7 @@ void uvstall_options_init(uvstall_options_t *opts) {
   opts->max_samples_per_stall = uvstall::internal::kDefaultMaxSamples;
   opts->abort_after_ms = 0;
   opts->metrics_interval_ms = 0;
+  opts->stack_window_kb = uvstall::internal::kDefaultStackWindowKb;
 }
 
 void uvstall_process_options_init(uvstall_process_options_t *popts) {

@@ -21,6 +21,9 @@ constexpr uint32_t kMinAutoThresholdMs = 100;
 constexpr uint32_t kMaxThresholdMs = 3600000;
 constexpr uint32_t kDefaultMaxFrames = 64;
 constexpr uint32_t kMaxFrames = 256;
+constexpr uint32_t kDefaultStackWindowKb = 64;
+constexpr uint32_t kMinStackWindowKb = 4;
+constexpr uint32_t kMaxStackWindowKb = 1024;
 constexpr uint32_t kDefaultCaptureTimeoutMs = 50;
 constexpr uint32_t kMaxCaptureTimeoutMs = 10000;
 constexpr size_t kMaxLoopNameBytes = 63;
@@ -52,6 +55,7 @@ struct Config {
   uint32_t max_samples_per_stall = kDefaultMaxSamples;
   uint32_t abort_after_ms = 0;  // 0: off
   uint32_t metrics_interval_ms = 0;  // 0: no "metrics" records
+  uint32_t stack_window_kb = kDefaultStackWindowKb;  // stack copied per capture
 };
 
 // Process-wide settings, resolved.

@@ -50,6 +50,8 @@ const NumericVar kNumericVars[] = {
     {"UVSTALL_METRICS_INTERVAL_MS", 0, kMaxMetricsIntervalMs, kMinMetricsIntervalMs,
      "0 (off) or 100..86400000 (milliseconds)", "0 (off)", &uvstall_options_t::metrics_interval_ms,
      nullptr},
+    {"UVSTALL_STACK_WINDOW_KB", kMinStackWindowKb, kMaxStackWindowKb, 0, "4..1024 (KiB)", "64",
+     &uvstall_options_t::stack_window_kb, nullptr},
 };
 
 // Decimal digits only: no sign, no spaces, no suffix.

@@ -116,6 +116,7 @@ nlohmann::ordered_json start_record(const LoopIdentity &who, const Config &cfg, 
   o["max_samples_per_stall"] = cfg.max_samples_per_stall;
   o["abort_after_ms"] = cfg.abort_after_ms;
   o["metrics_interval_ms"] = cfg.metrics_interval_ms;
+  o["stack_window_kb"] = cfg.stack_window_kb;
   r["options"] = std::move(o);
   return r;
 }

@@ -152,7 +152,24 @@ void emit(Watch *w, nlohmann::ordered_json record) {
     g_unannounced_suppressed.fetch_sub(suppressed);
 }
 
-// Copies the slot's result and resolves its frames. Caller holds w->mu and
+// The slot's copy as the unwinder takes it: the interrupted registers (rbp
+// known) and the window, in place (not copied again).
+StackCopy copy_of(const CaptureSlot &slot) {
+  StackCopy c;
+  c.sp = uintptr_t(slot.gregs[REG_RSP]);
+  c.pc = uintptr_t(slot.gregs[REG_RIP]);
+  c.rbp = uintptr_t(slot.gregs[REG_RBP]);
+  c.rbp_known = true;
+  c.bytes = slot.stack;
+  c.len = slot.stack_bytes;
+  // The mapping's top bounds the stack only when rsp is in it (a host on
+  // another stack, sigaltstack or a coroutine's, is bounded by the copy).
+  if (c.sp >= slot.stack_lo && c.sp < slot.stack_hi) c.stack_hi = slot.stack_hi;
+  return c;
+}
+
+// Unwinds the slot's stack copy (the unwinder the snapshots use) and
+// resolves its frames. Caller holds w->mu (the slot stays the watch's) and
 // has seen done_gen == gen.
 void fill_from_capture(Watch *w, StallSample *s) {
   CaptureSlot *slot = capture_slot(w->slot);
@@ -160,15 +177,23 @@ void fill_from_capture(Watch *w, StallSample *s) {
   s->handler_us = double(slot->t_exit_ns - slot->t_enter_ns) / 1000.0;
   s->capture_via = "signal";
   s->interrupted_syscall = slot->interrupted_syscall;
-  s->truncated = slot->truncated;
   if (slot->error != kCaptureOk) {
     s->capture = "failed";
     s->capture_error = capture_error_text(slot->error);
     return;
   }
-  const uint32_t n = std::min<uint32_t>(slot->nframes, kMaxFrames);
-  std::vector<uintptr_t> pcs(slot->frames, slot->frames + n);
-  for (uint32_t i = 0; i < n; ++i)
+  uintptr_t pcs[kMaxFrames];
+  const int max = int(std::min<uint32_t>(w->cfg.max_frames, kMaxFrames));
+  UnwindStats us;
+  const int n = unwind_stack(copy_of(*slot), pcs, max, &us);
+  if (n <= 0) {
+    s->capture = "failed";
+    s->capture_error = us.stop;
+    return;
+  }
+  s->truncated = us.cut;
+  s->first_guessed_frame = us.first_guessed_frame;
+  for (int i = 0; i < n; ++i)
     s->frames.push_back(modules().resolve(pcs[i], /*return_address=*/i > 0));
 }
 
@@ -352,6 +377,10 @@ void stop_vanished(Watch *w, uint64_t now) {
   if (w->slot >= 0) capture_release(w->slot);
 }
 
+// The stack window of the watch (stack_window_kb), for both ways of
+// capture.
+size_t window_bytes(const Watch *w) { return size_t(w->cfg.stack_window_kb) * 1024; }
+
 // Unwinds the snapshot take_snapshot just accepted into the sentinel state
 // (`t0`: when the sentinel began on it). False when the copy gives no
 // stack the signal could not do better (see below).
@@ -362,12 +391,11 @@ bool unwind_taken(Watch *w, uint64_t t0) {
   const int max = int(std::min<uint32_t>(w->cfg.max_frames, kMaxFrames));
   UnwindStats us;
   const int n = unwind_snapshot(*w->snap, pcs, max, &us);
-  // No stack from the copy, or one that ends in code without unwind tables
-  // we read at start (an object loaded since, e.g. a constructor still
-  // running inside dlopen; JIT code): the handler's unwinder knows objects
-  // loaded since and follows frame pointers through such code, so the
-  // signal is sent instead (and counted).
-  if (n <= 0 || us.unknown_code) return false;
+  // No stack from the copy: the signal is sent instead (and counted). A
+  // stack that ends in code no object maps (JIT code) is kept: the signal's
+  // copy goes through the same unwinder and would end there too. (Objects
+  // loaded since the tables were read were found in /proc/self/maps.)
+  if (n <= 0) return false;
   st.snap_pcs.assign(pcs, pcs + n);
   st.snap_first_guessed = us.first_guessed_frame;
   st.snap_cut = us.cut;
@@ -402,7 +430,7 @@ bool try_snapshot(Watch *w, int running_looks = kRunningLooks) {
   uint64_t first_switches = 0;
   for (;;) {
     Snapshot &snap = *w->snap;
-    if (take_snapshot(w->who.tid, &snap)) return unwind_taken(w, t0);
+    if (take_snapshot(w->who.tid, &snap, window_bytes(w))) return unwind_taken(w, t0);
     if (std::strcmp(snap.refusal, "thread moved") == 0) {
       w->snapshots_discarded.fetch_add(1, std::memory_order_relaxed);
       if (++moved == kSnapshotAttempts) return false;
@@ -438,6 +466,10 @@ std::string request_capture(Watch *w) {
   if (w->stopped) return "the watch was stopped";
   if (!capture_handler_installed())
     return "the capture signal's handler was replaced by the host";
+  // The signal's copy is unwound by the snapshot unwinder: without it the
+  // thread is not interrupted for nothing.
+  if (!g_snapshots.load(std::memory_order_acquire))
+    return "the stack unwinder is not available: " + snapshot_unwinder_problem();
   // A last look right before the signal: a thread that went to sleep in a
   // system call since the looks of try_snapshot is copied instead. (Those
   // looks found it running for a while, so it is likely near the end of
@@ -446,7 +478,7 @@ std::string request_capture(Watch *w) {
   // read of /proc to the signal's arrival: microseconds.
   if (snapshot_allowed(w)) {
     const uint64_t t0 = mono_ns();
-    if (take_snapshot(w->who.tid, w->snap.get(), kSnapshotWindowBytes,
+    if (take_snapshot(w->who.tid, w->snap.get(), window_bytes(w),
                       /*status_when_running=*/false)) {
       lock.unlock();
       if (unwind_taken(w, t0)) return {};
@@ -855,8 +887,9 @@ int process_start_locked() {
   if (g_proc->started) return g_proc->start_err;
   g_proc->started = true;
   warm_statics();
-  // The snapshot unwinder reads every object's unwind tables now, outside
-  // any stall; without it every sample is taken by the signal.
+  // The unwinder reads every object's unwind tables now, outside any
+  // stall; without it no stack is taken (snapshot or signal copy alike:
+  // the records say why).
   g_snapshots.store(snapshot_unwinder_init(), std::memory_order_release);
   if (!g_proc->configured) {
     int rc = resolve_process_options(nullptr, &g_proc->pcfg);
@@ -951,7 +984,7 @@ int watch_create(const uvstall_options_t *opts, uv_loop_t *loop,
   }
   w->out = Output::open(cfg, &rc);
   if (w->out == nullptr) return rc;
-  w->slot = capture_acquire(cfg.max_frames);
+  w->slot = capture_acquire(size_t(cfg.stack_window_kb) * 1024);
   if (w->slot < 0) return UVSTALL_ELIMIT;
   uint64_t number;
   {
@@ -966,7 +999,6 @@ int watch_create(const uvstall_options_t *opts, uv_loop_t *loop,
   w->lang = lang_frames_for_current_thread();
   w->probe = std::make_unique<ThreadProbe>(w->who.tid);
   w->snap = std::make_unique<Snapshot>();
-  capture_warm_thread();
   modules().refresh_from_loader();
   snapshot_unwinder_refresh();
   *out = std::move(w);

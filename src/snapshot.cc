@@ -1,9 +1,11 @@
 // Snapshot unwinder (see snapshot.h). Runs on the sentinel's thread (or a
 // test's), never inside the target thread: it reads /proc and copies memory
 // with process_vm_readv on our own pid, which returns an error instead of
-// faulting on unmapped memory. It never calls dl_iterate_phdr, dlopen or
-// malloc during take_snapshot or unwind_snapshot (libunwind's own memory
-// pool aside); the tables it needs are built at init/refresh.
+// faulting on unmapped memory. It never calls dl_iterate_phdr or dlopen
+// during take_snapshot or an unwind, and malloc only to add the tables of an
+// object loaded after the last refresh (libunwind's own memory pool aside):
+// the tables are built at init/refresh, and such an object is found in
+// /proc/self/maps, its headers read from memory (discover_locked).
 //
 // libunwind-x86_64.so.8 (the remote interface) is loaded with
 // dlopen(RTLD_NOW | RTLD_LOCAL), for the reason given in capture.cc: the
@@ -162,30 +164,24 @@ bool open_files(pid_t tid, Snapshot *out) {
   return out->syscall_fd >= 0 && out->status_fd >= 0;
 }
 
-// Finds the mapping that holds addr in /proc/self/maps, read through the
-// fixed buffer (no allocation). Done once per thread and stack.
-bool find_mapping(Snapshot *out, uintptr_t addr, uintptr_t *lo, uintptr_t *hi) {
+// Calls fn(line) for each line of /proc/self/maps (NUL-terminated, without
+// its newline), read through buf (no allocation), until fn returns true.
+// A line longer than the buffer is skipped. True when fn returned true.
+template <typename Fn>
+bool scan_maps(char *buf, size_t cap, Fn fn) {
   const int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
-  char *buf = out->text;
-  const size_t cap = sizeof out->text - 1;
   size_t have = 0;
   bool found = false;
   for (;;) {
     const ssize_t n = read(fd, buf + have, cap - have);
     if (n <= 0) break;
     have += size_t(n);
-    buf[have] = '\0';
     char *line = buf;
     for (char *nl; (nl = static_cast<char *>(std::memchr(line, '\n', size_t(buf + have - line))));
          line = nl + 1) {
-      char *dash = nullptr;
-      const unsigned long long b = std::strtoull(line, &dash, 16);
-      if (dash == line || *dash != '-') continue;
-      const unsigned long long e = std::strtoull(dash + 1, nullptr, 16);
-      if (addr >= b && addr < e) {
-        *lo = uintptr_t(b);
-        *hi = uintptr_t(e);
+      *nl = '\0';
+      if (fn(line)) {
         found = true;
         break;
       }
@@ -200,7 +196,54 @@ bool find_mapping(Snapshot *out, uintptr_t addr, uintptr_t *lo, uintptr_t *hi) {
   return found;
 }
 
+// One line of /proc/self/maps: "lo-hi perms offset dev inode [path]".
+struct MapsLine {
+  uintptr_t lo = 0, hi = 0, offset = 0;
+  const char *path = "";  // points into the line
+};
+
+bool parse_maps_line(const char *line, MapsLine *out) {
+  char *p = nullptr;
+  out->lo = uintptr_t(std::strtoull(line, &p, 16));
+  if (p == line || *p != '-') return false;
+  const char *q = p + 1;
+  out->hi = uintptr_t(std::strtoull(q, &p, 16));
+  if (p == q || *p != ' ') return false;
+  if (std::strlen(p) < 6) return false;
+  q = p + 5;  // past " perm": strtoull skips the space before the offset
+  out->offset = uintptr_t(std::strtoull(q, &p, 16));
+  // dev and inode, then spaces before the path (if any).
+  for (int field = 0; field < 2; ++field) {
+    while (*p == ' ') ++p;
+    while (*p != ' ' && *p != '\0') ++p;
+  }
+  while (*p == ' ') ++p;
+  out->path = p;
+  return true;
+}
+
+// Finds the mapping that holds addr, read through the given buffer.
+bool find_mapping_in(char *buf, size_t cap, uintptr_t addr, uintptr_t *lo, uintptr_t *hi) {
+  return scan_maps(buf, cap, [&](const char *line) {
+    MapsLine m;
+    if (!parse_maps_line(line, &m) || addr < m.lo || addr >= m.hi) return false;
+    *lo = m.lo;
+    *hi = m.hi;
+    return true;
+  });
+}
+
+// Done once per thread and stack, through the snapshot's fixed buffer.
+bool find_mapping(Snapshot *out, uintptr_t addr, uintptr_t *lo, uintptr_t *hi) {
+  return find_mapping_in(out->text, sizeof out->text - 1, addr, lo, hi);
+}
+
 }  // namespace
+
+bool find_stack_mapping(uintptr_t addr, uintptr_t *lo, uintptr_t *hi) {
+  char buf[4096];
+  return find_mapping_in(buf, sizeof buf - 1, addr, lo, hi);
+}
 
 bool take_snapshot(pid_t tid, Snapshot *out, size_t window_bytes, bool status_when_running) {
   out->refusal = "";
@@ -341,6 +384,10 @@ struct Unwinder {
   std::vector<UnwindTable> tables;  // sorted by lo
   std::vector<Segment> segments;    // sorted by lo
   std::unique_ptr<CachedPage[]> cache;
+  // Pages that discovery found in no ELF object (JIT code, anonymous
+  // memory): not looked up again until the next refresh. Bounded.
+  std::vector<uintptr_t> no_object_pages;
+  char maps_text[4096];  // discovery's buffer for /proc/self/maps
 };
 
 // A heap object never destroyed: exit-safe like the other tables.
@@ -349,7 +396,7 @@ Unwinder *g_unwinder = new Unwinder;
 // What the accessors see during one unwind (libunwind's `arg`).
 struct UnwindCall {
   Unwinder *u;
-  const Snapshot *snap;
+  const StackCopy *copy;
   UnwindStats *stats;
   pid_t pid;        // ours, read once per unwind (getpid is a system call)
   const char *why;  // set by an accessor that refused
@@ -358,6 +405,7 @@ struct UnwindCall {
   uintptr_t sp = 0, pc = 0, rbp = 0;
   bool rbp_known = false;
   bool needed_rbp = false;  // an accessor was asked for rbp and had none
+  uintptr_t unknown_addr = 0;  // code in no known object (see UnwindStats)
 };
 
 // Size of an encoded .eh_frame_hdr value; 0 when not supported.
@@ -396,21 +444,22 @@ bool decode_count(uint8_t enc, const unsigned char *p, size_t size, uint64_t *ou
   return true;
 }
 
-// Reads an object's .eh_frame_hdr, mapped and safe to read here: the
-// loader lock is held while dl_iterate_phdr runs its callback.
-bool read_eh_frame_hdr(uintptr_t hdr, size_t len, UnwindTable *t) {
-  const auto *p = reinterpret_cast<const unsigned char *>(hdr);
-  const unsigned char *end = p + len;
-  if (len < 4 || p[0] != 1 || p[3] != kEncDatarelSdata4 || p[1] == kEncOmit ||
+// Parses the start of an object's .eh_frame_hdr (at address hdr, len
+// bytes long), whose first `have` bytes are at p.
+bool parse_eh_frame_hdr(const unsigned char *p, size_t have, uintptr_t hdr, size_t len,
+                        UnwindTable *t) {
+  const unsigned char *end = p + std::min(have, len);
+  if (std::min(have, len) < 4 || p[0] != 1 || p[3] != kEncDatarelSdata4 || p[1] == kEncOmit ||
       p[2] == kEncOmit)
     return false;
   size_t off = 4;
   const size_t ptr_size = encoded_size(p[1], p + off, end);
-  if (ptr_size == 0 || off + ptr_size > len) return false;
+  if (ptr_size == 0 || off + ptr_size > std::min(have, len)) return false;
   off += ptr_size;
   const size_t count_size = encoded_size(p[2], p + off, end);
   if (count_size == 0 || off + count_size > len) return false;
   uint64_t count = 0;
+  if (off + count_size > have) return false;
   if (!decode_count(p[2], p + off, count_size, &count)) return false;
   off += count_size;
   if (count == 0 || count > (len - off) / 8) return false;
@@ -425,14 +474,16 @@ struct Collected {
   std::vector<Segment> segments;
 };
 
-int collect_tables(struct dl_phdr_info *info, size_t, void *arg) {
-  auto *out = static_cast<Collected *>(arg);
-  const uintptr_t bias = uintptr_t(info->dlpi_addr);
+// Adds one object's PT_LOAD segments and its .eh_frame_hdr table (the
+// first bytes of which read_hdr(addr, dst, len) copies) to out.
+template <typename ReadHdr>
+void collect_object(const ElfW(Phdr) *phdrs, int phnum, uintptr_t bias, Collected *out,
+                    ReadHdr read_hdr) {
   UnwindTable t;
   uintptr_t hdr = 0;
   size_t hdr_len = 0;
-  for (int i = 0; i < info->dlpi_phnum; ++i) {
-    const ElfW(Phdr) &ph = info->dlpi_phdr[i];
+  for (int i = 0; i < phnum; ++i) {
+    const ElfW(Phdr) &ph = phdrs[i];
     if (ph.p_type == PT_LOAD) {
       Segment s;
       s.lo = bias + ph.p_vaddr;
@@ -449,7 +500,21 @@ int collect_tables(struct dl_phdr_info *info, size_t, void *arg) {
       hdr_len = ph.p_memsz;
     }
   }
-  if (hdr != 0 && t.hi != 0 && read_eh_frame_hdr(hdr, hdr_len, &t)) out->tables.push_back(t);
+  unsigned char start[32];
+  const size_t have = std::min(sizeof start, hdr_len);
+  if (hdr != 0 && t.hi != 0 && read_hdr(hdr, start, have) &&
+      parse_eh_frame_hdr(start, have, hdr, hdr_len, &t))
+    out->tables.push_back(t);
+}
+
+int collect_tables(struct dl_phdr_info *info, size_t, void *arg) {
+  // Mapped and safe to read here: the loader lock is held while
+  // dl_iterate_phdr runs its callback.
+  collect_object(info->dlpi_phdr, info->dlpi_phnum, uintptr_t(info->dlpi_addr),
+                 static_cast<Collected *>(arg), [](uintptr_t hdr, unsigned char *dst, size_t n) {
+                   std::memcpy(dst, reinterpret_cast<const void *>(hdr), n);
+                   return true;
+                 });
   return 0;
 }
 
@@ -482,10 +547,10 @@ const char *const kRefusedRead = "memory outside the stack window and every modu
 int access_mem(unw_addr_space_t, unw_word_t addr, unw_word_t *val, int write, void *arg) {
   auto *call = static_cast<UnwindCall *>(arg);
   if (write) return -UNW_EINVAL;
-  const Snapshot &s = *call->snap;
+  const StackCopy &s = *call->copy;
   const size_t n = sizeof *val;
-  if (addr >= s.sp && addr - s.sp + n <= s.stack_bytes) {
-    std::memcpy(val, s.stack() + (addr - s.sp), n);
+  if (addr >= s.sp && addr - s.sp + n <= s.len) {
+    std::memcpy(val, s.bytes + (addr - s.sp), n);
     return 0;
   }
   // Outside the window: only memory of a loaded object (code, unwind
@@ -569,7 +634,10 @@ int find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_info_t *pi,
     // chain, and a guessed rbp gives wrong frames. Any other error ends
     // the stack where the tables end.
     call->why = "no unwind info for a pc";
-    if (find_segment(*call->u, uintptr_t(ip)) == nullptr) call->stats->unknown_code = true;
+    if (find_segment(*call->u, uintptr_t(ip)) == nullptr) {
+      call->stats->unknown_code = true;
+      call->unknown_addr = uintptr_t(ip);
+    }
     return -UNW_EINVAL;
   }
   return ret;
@@ -595,8 +663,83 @@ void refresh_locked(Unwinder &u) {
   std::sort(c.segments.begin(), c.segments.end(), by_lo);
   u.tables = std::move(c.tables);
   u.segments = std::move(c.segments);
+  u.no_object_pages.clear();
   clear_page_cache(u);
   if (u.as != nullptr) u.flush(u.as, 0, 0);
+}
+
+// The ELF object whose file maps addr, found in /proc/self/maps: its
+// lowest mapping of file offset 0 holds the ELF and program headers.
+// Reads no file and takes no loader lock; the headers are copied with
+// process_vm_readv. False when addr is in no file mapping.
+bool find_object_base(Unwinder &u, uintptr_t addr, uintptr_t *base) {
+  char path[512] = "";
+  const bool in_file = scan_maps(u.maps_text, sizeof u.maps_text - 1, [&](const char *line) {
+    MapsLine m;
+    if (!parse_maps_line(line, &m) || addr < m.lo || addr >= m.hi) return false;
+    if (m.path[0] != '/' || std::strlen(m.path) >= sizeof path) return true;
+    std::strcpy(path, m.path);
+    return true;
+  }) && path[0] == '/';
+  if (!in_file) return false;
+  *base = 0;
+  scan_maps(u.maps_text, sizeof u.maps_text - 1, [&](const char *line) {
+    MapsLine m;
+    if (!parse_maps_line(line, &m) || m.offset != 0 || std::strcmp(m.path, path) != 0)
+      return false;
+    if (m.lo <= addr && (*base == 0 || m.lo < *base)) *base = m.lo;
+    return false;
+  });
+  return *base != 0;
+}
+
+// Adds the tables of the object mapped at addr (loaded after the last
+// refresh) to the unwinder, kept sorted. False when there is none to add.
+bool discover_locked(Unwinder &u, uintptr_t addr) {
+  constexpr size_t kMaxNoObjectPages = 1024;
+  const uintptr_t page = addr / kPageBytes;
+  if (std::find(u.no_object_pages.begin(), u.no_object_pages.end(), page) !=
+      u.no_object_pages.end())
+    return false;
+  const pid_t pid = getpid();
+  uintptr_t base = 0;
+  ElfW(Ehdr) eh;
+  ElfW(Phdr) ph[64];
+  bool ok = find_object_base(u, addr, &base) && read_own(pid, base, &eh, sizeof eh) &&
+            std::memcmp(eh.e_ident, ELFMAG, SELFMAG) == 0 && eh.e_phentsize == sizeof ph[0] &&
+            eh.e_phnum > 0 && eh.e_phnum <= 64 &&
+            read_own(pid, base + eh.e_phoff, ph, eh.e_phnum * sizeof ph[0]);
+  // The load bias: the first PT_LOAD (file offset 0) is mapped at base.
+  uintptr_t bias = 0;
+  if (ok) {
+    ok = false;
+    for (int i = 0; i < eh.e_phnum && !ok; ++i) {
+      if (ph[i].p_type != PT_LOAD) continue;
+      bias = base - (ph[i].p_vaddr & ~uintptr_t(kPageBytes - 1));
+      ok = true;
+    }
+  }
+  Collected c;
+  if (ok) {
+    collect_object(ph, eh.e_phnum, bias, &c, [pid](uintptr_t hdr, unsigned char *dst, size_t n) {
+      return read_own(pid, hdr, dst, n);
+    });
+    // Never twice: an object some of whose segments are known already.
+    for (const Segment &seg : c.segments)
+      if (find_segment(u, seg.lo) != nullptr || find_segment(u, seg.hi - 1) != nullptr) ok = false;
+    ok = ok && find_table(u, addr) == nullptr && !c.tables.empty();
+  }
+  if (!ok) {
+    if (u.no_object_pages.size() >= kMaxNoObjectPages) u.no_object_pages.clear();
+    u.no_object_pages.push_back(page);
+    return false;
+  }
+  auto by_lo = [](const auto &a, const auto &b) { return a.lo < b.lo; };
+  u.tables.insert(u.tables.end(), c.tables.begin(), c.tables.end());
+  u.segments.insert(u.segments.end(), c.segments.begin(), c.segments.end());
+  std::sort(u.tables.begin(), u.tables.end(), by_lo);
+  std::sort(u.segments.begin(), u.segments.end(), by_lo);
+  return true;
 }
 
 template <typename Fn>
@@ -866,7 +1009,7 @@ long prologue_frame_bytes(UnwindCall &call, uintptr_t start, uintptr_t pc) {
 // when no candidate passes: the stack ends at this frame.
 bool recover_rbp(Unwinder &u, UnwindCall &call, unw_cursor_t *cursor, uintptr_t sp,
                  uintptr_t pc) {
-  const Snapshot &snap = *call.snap;
+  const StackCopy &snap = *call.copy;
   call.sp = sp;
   call.pc = pc;
   call.rbp_known = false;
@@ -875,7 +1018,7 @@ bool recover_rbp(Unwinder &u, UnwindCall &call, unw_cursor_t *cursor, uintptr_t 
   if (u.init_remote(&probe, u.as, &call) < 0 || u.proc_info(&probe, &pi) < 0 ||
       pi.start_ip == 0)
     return false;
-  const uintptr_t lo = snap.sp, end = snap.sp + snap.stack_bytes;
+  const uintptr_t lo = snap.sp, end = snap.sp + snap.len;
   const uintptr_t stack_hi = snap.stack_hi != 0 ? snap.stack_hi : end;
   const uintptr_t callee = uintptr_t(pi.start_ip);
   // The slot the prologue puts rbp at, if it can be decoded; then the scan.
@@ -893,8 +1036,8 @@ bool recover_rbp(Unwinder &u, UnwindCall &call, unw_cursor_t *cursor, uintptr_t 
   auto passes = [&](uintptr_t x, bool proven, uintptr_t *ra) {
     if (x < lo || x + 16 > end) return false;
     uintptr_t saved;
-    std::memcpy(&saved, snap.stack() + (x - lo), 8);
-    std::memcpy(ra, snap.stack() + (x - lo) + 8, 8);
+    std::memcpy(&saved, snap.bytes + (x - lo), 8);
+    std::memcpy(ra, snap.bytes + (x - lo) + 8, 8);
     if (saved != 0 && (saved <= x || saved >= stack_hi)) return false;
     return proven ? after_call(call, *ra, callee, false) : after_call(call, *ra, 0, true);
   };
@@ -922,23 +1065,19 @@ bool recover_rbp(Unwinder &u, UnwindCall &call, unw_cursor_t *cursor, uintptr_t 
 
 }  // namespace
 
-int unwind_snapshot(const Snapshot &snap, uintptr_t *pcs, int max, UnwindStats *stats) {
-  UnwindStats local;
-  UnwindStats &st = stats != nullptr ? *stats : local;
-  st = UnwindStats{};
-  Unwinder &u = *g_unwinder;
-  std::lock_guard<std::mutex> lock(u.mu);
-  if (!u.ready) {
-    st.stop = "snapshot unwinder not initialized";
-    return 0;
-  }
-  if (snap.stack_bytes == 0 || max <= 0) {
-    st.stop = "no snapshot";
-    return 0;
-  }
+namespace {
+
+// One unwind of the copy, the unwinder's lock held.
+int unwind_locked(Unwinder &u, const StackCopy &snap, uintptr_t *pcs, int max, UnwindStats &st,
+                  uintptr_t *unknown_addr) {
   UnwindCall call{&u, &snap, &st, getpid(), nullptr};
   call.sp = snap.sp;
   call.pc = snap.pc;
+  // A signal's copy knows rbp: the first frame needs no recovery, and the
+  // CFI carries it on (a caller's rbp is the saved slot, or this value
+  // where no frame saved it).
+  call.rbp = snap.rbp;
+  call.rbp_known = snap.rbp_known;
   unw_cursor_t cursor;
   if (u.init_remote(&cursor, u.as, &call) < 0) {
     st.stop = "libunwind could not start";
@@ -960,6 +1099,7 @@ int unwind_snapshot(const Snapshot &snap, uintptr_t *pcs, int max, UnwindStats *
       if (seg == nullptr && sp > prev_sp) {
         st.stop = "a return address outside every known object";
         st.unknown_code = true;
+        call.unknown_addr = uintptr_t(ip) - 1;
         break;
       }
       if (sp <= prev_sp || seg == nullptr || !seg->exec) {
@@ -1000,12 +1140,51 @@ int unwind_snapshot(const Snapshot &snap, uintptr_t *pcs, int max, UnwindStats *
       // A read past the copy that was still inside the stack's mapping:
       // the stack goes on beyond the window.
       st.cut = call.why == kRefusedRead &&
-               (snap.stack_hi == 0 || snap.sp + snap.stack_bytes < snap.stack_hi);
+               (snap.stack_hi == 0 || snap.sp + snap.len < snap.stack_hi);
       break;
     }
   }
   st.frames = n;
+  *unknown_addr = call.unknown_addr;
   return n;
+}
+
+}  // namespace
+
+int unwind_stack(const StackCopy &copy, uintptr_t *pcs, int max, UnwindStats *stats) {
+  UnwindStats local;
+  UnwindStats &st = stats != nullptr ? *stats : local;
+  st = UnwindStats{};
+  Unwinder &u = *g_unwinder;
+  std::lock_guard<std::mutex> lock(u.mu);
+  if (!u.ready) {
+    st.stop = "snapshot unwinder not initialized";
+    return 0;
+  }
+  if (copy.len == 0 || max <= 0) {
+    st.stop = "no stack copy";
+    return 0;
+  }
+  uintptr_t unknown = 0;
+  int n = unwind_locked(u, copy, pcs, max, st, &unknown);
+  // Code loaded after the tables were read: found in /proc/self/maps, its
+  // tables added, and the unwind done again, once.
+  if (st.unknown_code && discover_locked(u, unknown)) {
+    st = UnwindStats{};
+    st.discovered = 1;
+    n = unwind_locked(u, copy, pcs, max, st, &unknown);
+  }
+  return n;
+}
+
+int unwind_snapshot(const Snapshot &snap, uintptr_t *pcs, int max, UnwindStats *stats) {
+  StackCopy copy;
+  copy.sp = snap.sp;
+  copy.pc = snap.pc;
+  copy.bytes = snap.stack();
+  copy.len = snap.stack_bytes;
+  copy.stack_hi = snap.stack_hi;
+  return unwind_stack(copy, pcs, max, stats);
 }
 
 }  // namespace uvstall::internal

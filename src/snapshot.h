@@ -1,10 +1,13 @@
 // Snapshot unwinder: the stack of another thread of this process, taken
 // while that thread sleeps in a system call, without a signal, and unwound
-// later from the copy. Called by the sentinel (or a test) on its own thread;
-// it never stops, signals or writes to the target thread, never calls
-// dl_iterate_phdr during a snapshot or an unwind (the unwind tables are read
-// at snapshot_unwinder_init/refresh, outside any stall), and reads memory
-// only with process_vm_readv, which fails instead of faulting.
+// later from the copy; the same unwinder unwinds the copy the capture
+// signal's handler makes of a thread running user code (src/capture.h).
+// Called by the sentinel (or a test) on its own thread; it never stops,
+// signals or writes to the target thread, never calls dl_iterate_phdr
+// during a snapshot or an unwind (the unwind tables are read at
+// snapshot_unwinder_init/refresh, outside any stall; an object loaded since
+// is found in /proc/self/maps), and reads memory only with
+// process_vm_readv, which fails instead of faulting.
 #pragma once
 
 #include <sys/types.h>
@@ -16,8 +19,9 @@
 
 namespace uvstall::internal {
 
-// A stack window that holds the frames of common host code (libuv, glibc,
-// a few dozen callers); a longer stack is cut where the window ends.
+// The default stack window (the stack_window_kb option): holds the frames
+// of common host code (libuv, glibc, a few dozen callers); a longer stack
+// is cut where the window ends.
 constexpr size_t kSnapshotWindowBytes = 64 * 1024;
 
 // One thread's registers as /proc/self/task/TID/syscall shows them.
@@ -95,6 +99,25 @@ struct UnwindStats {
   bool unknown_code = false;
   // The stack went on past what was kept: max frames, or the copied window.
   bool cut = false;
+  // Objects found in /proc/self/maps during this unwind (loaded after the
+  // tables were read) whose tables were added; the unwind was then retried.
+  int discovered = 0;
+};
+
+// A copy of a thread's stack and the registers to unwind it from: a
+// snapshot's (sp and pc from /proc, rbp unknown) or a signal's (the
+// interrupted registers, rbp included). pc is the interrupted or resumed
+// instruction, never a return address.
+struct StackCopy {
+  uintptr_t sp = 0;
+  uintptr_t pc = 0;
+  uintptr_t rbp = 0;
+  bool rbp_known = false;
+  const unsigned char *bytes = nullptr;  // [sp, sp + len)
+  size_t len = 0;
+  // The top of the stack mapping holding sp; 0: not known (the copy's end
+  // bounds the stack then).
+  uintptr_t stack_hi = 0;
 };
 
 // Loads libunwind-x86_64.so.8 (dlopen RTLD_LOCAL, never linked) and reads
@@ -113,16 +136,27 @@ void snapshot_unwinder_refresh();
 void snapshot_unwinder_flush_caches();
 const std::string &snapshot_unwinder_problem();
 
-// Unwinds an accepted snapshot into pcs: pcs[0] is the snapshot's pc, the
-// others return addresses (look them up at pc - 1). Only what the copy and
-// the unwind tables prove, with one checked exception: for a frame whose
-// rule needs rbp (which /proc does not give) rbp is recovered from the copy
-// and the frames it leads to are marked (stats->first_guessed_frame); a
-// recovery that fails its checks, or memory past the window, ends the stack. Returns the number of
+// Unwinds a stack copy into pcs: pcs[0] is the copy's pc, the others
+// return addresses (look them up at pc - 1). Only what the copy and the
+// unwind tables prove, with one checked exception: for a frame whose rule
+// needs rbp when the copy does not know it (a snapshot: /proc does not give
+// it) rbp is recovered from the copy and the frames it leads to are marked
+// (stats->first_guessed_frame); a recovery that fails its checks, or memory
+// past the window, ends the stack. A pc or return address in no object
+// whose tables were read is looked up in /proc/self/maps (no loader lock):
+// an ELF object mapped there has its tables added and the unwind is
+// retried once; anonymous code (JIT) ends the stack. Returns the number of
 // frames (0 when the unwinder is not initialized). Serialized: one unwind
 // at a time in the process.
+int unwind_stack(const StackCopy &copy, uintptr_t *pcs, int max,
+                 UnwindStats *stats = nullptr);
+// unwind_stack for an accepted snapshot (rbp unknown).
 int unwind_snapshot(const Snapshot &snap, uintptr_t *pcs, int max,
                     UnwindStats *stats = nullptr);
+
+// The mapping of /proc/self/maps holding addr (no allocation, no loader
+// lock). False when none holds it.
+bool find_stack_mapping(uintptr_t addr, uintptr_t *lo, uintptr_t *hi);
 
 // Parsers, exposed for tests.
 bool parse_syscall_regs(const char *text, size_t len, SyscallRegs *out);

@@ -60,6 +60,10 @@ TEST_SUITE("bad inputs") {
             o->interval_ms = 3600000;
             o->threshold_ms = 3600000;  // below 2 x interval
           }}},
+        {"stack_window_kb", UVSTALL_ESTACKWINDOW,
+         {[](auto *o) { o->stack_window_kb = 0; }, [](auto *o) { o->stack_window_kb = 3; },
+          [](auto *o) { o->stack_window_kb = 1025; },
+          [](auto *o) { o->stack_window_kb = UINT32_MAX; }}},
         {"max_frames", UVSTALL_EMAXFRAMES,
          {[](auto *o) { o->max_frames = 0; }, [](auto *o) { o->max_frames = 257; },
           [](auto *o) { o->max_frames = UINT32_MAX; }}},

@@ -278,6 +278,17 @@ UVSTALL_TEST_CULPRIT void uvstall_test_busy(int ms) {
   mark_end();
 }
 
+UVSTALL_TEST_CULPRIT void uvstall_test_deep_busy(int depth, int ms) {
+  volatile char pad[1024];  // this frame's share of the stack
+  pad[0] = char(depth);
+  if (depth > 0) {
+    uvstall_test_deep_busy(depth - 1, ms);
+  } else {
+    uvstall_test_busy(ms);
+  }
+  pad[1] = pad[0];  // after the call: no tail call, the frame stays
+}
+
 UVSTALL_TEST_CULPRIT void uvstall_test_sleep(int ms) {
   mark_start();
   // Absolute deadline in a loop: the capture signal interrupts

@@ -182,6 +182,9 @@ std::string slurp(const std::string &path);
 
 // Culprits: each blocks its thread for real.
 UVSTALL_TEST_CULPRIT void uvstall_test_busy(int ms);
+// Recurses `depth` frames of about 1 KiB of stack each, then runs
+// uvstall_test_busy(ms) at the bottom: a deep busy stack.
+UVSTALL_TEST_CULPRIT void uvstall_test_deep_busy(int depth, int ms);
 UVSTALL_TEST_CULPRIT void uvstall_test_sleep(int ms);
 UVSTALL_TEST_CULPRIT void uvstall_test_pipe_read(int fd);
 UVSTALL_TEST_CULPRIT void uvstall_test_mutex_lock(std::mutex *m);

@@ -268,9 +268,10 @@ int scenario_loader_own(const char *busy_plugin, const char *sleep_plugin) {
     dl_iterate_phdr(hostile_phdr_sleep, &ms);
   });
   wl.run();
-  // The sleeping constructor's stack ends in code loaded since the tables
-  // were read: it is taken by the signal, which cuts sleeps short; each
-  // such cut the plugin saw must be one uvstall counted.
+  // The sleeping constructor's code was loaded since the tables were read:
+  // the snapshot unwinder finds it in /proc/self/maps, so its stack is
+  // copied without a signal, and its sleeps are never cut short; any cut
+  // the plugin saw must be one uvstall counted.
   uvstall_stats_t st{};
   st.struct_size = sizeof st;
   if (uvstall_get_stats(wl.watch, &st) != 0) fail("uvstall_get_stats");
@@ -285,6 +286,7 @@ int scenario_loader_own(const char *busy_plugin, const char *sleep_plugin) {
   for (const auto &[id, s] : stalls_of(wl.col)) {
     const std::string k = "stall" + std::to_string(i++);
     say((k + "_capture").c_str(), s.samples[0]["capture"].get<std::string>());
+    say((k + "_via").c_str(), s.samples[0].value("capture_via", std::string()));
     say((k + "_ctor").c_str(), int(any_names(s, "uvstall_test_slow_ctor_body")));
     say((k + "_phdr").c_str(), int(any_names(s, "hostile_phdr_sleep")));
     say((k + "_dlopen").c_str(), int(any_names(s, "dlopen") || any_names(s, "dlopen@@GLIBC_2.34") ||
@@ -342,12 +344,9 @@ int phdr_hold(struct dl_phdr_info *, size_t, void *arg) {
 }
 
 int scenario_loader_other(const char *plugin) {
-  // Loaded now; its code has never been unwound: the first capture inside
-  // it misses libunwind's cache and calls dl_iterate_phdr.
-  void *lib = dlopen(plugin, RTLD_NOW | RTLD_LOCAL);
-  if (lib == nullptr) fail(std::string("dlopen: ") + dlerror());
-  static auto plugin_busy = reinterpret_cast<void (*)(int)>(dlsym(lib, "uvstall_test_plugin_busy"));
-  if (plugin_busy == nullptr) fail("dlsym uvstall_test_plugin_busy");
+  static const char *plugin_path = plugin;
+  static void (*plugin_busy)(int) = nullptr;
+  static std::atomic<bool> c_started{false};
 
   // Thread C: a second watched loop that sleeps 300 ms twice, the second
   // time while thread B holds the loader lock.
@@ -355,6 +354,7 @@ int scenario_loader_other(const char *plugin) {
   std::thread c([] {
     static uvt::WatchedLoop wl;
     c_col = &wl.col;
+    c_started = true;
     wl.after(20, [] { hostile_sleep(300); });
     wl.after(600, [] { hostile_sleep(300); });
     wl.run();
@@ -371,6 +371,16 @@ int scenario_loader_other(const char *plugin) {
   // with the host's 5 ms timer aimed at it.
   uvt::WatchedLoop wl;
   if (wl.start_rc != 0) fail(uvstall_strerror(wl.start_rc));
+  while (!c_started) usleep(1000);
+  // Loaded after every watch started, so after the unwinder last read the
+  // tables (uvstall_start): its code is in no table until a capture inside
+  // it finds it in /proc/self/maps, while thread B holds the loader lock.
+  wl.after(300, [] {
+    void *lib = dlopen(plugin_path, RTLD_NOW | RTLD_LOCAL);
+    if (lib == nullptr) fail(std::string("dlopen: ") + dlerror());
+    plugin_busy = reinterpret_cast<void (*)(int)>(dlsym(lib, "uvstall_test_plugin_busy"));
+    if (plugin_busy == nullptr) fail("dlsym uvstall_test_plugin_busy");
+  });
   dl_iterate_phdr(find_lib, nullptr);
   if (g_lib_hi == 0) fail("libuvstall.so not found among the loaded objects");
   void *warm[4];
@@ -410,9 +420,12 @@ int scenario_loader_other(const char *plugin) {
   const StallSummary &st = s.begin()->second;
   say("cold_samples", st.samples.size());
   say("cold_first_capture", st.samples[0]["capture"].get<std::string>());
+  say("cold_first_via", st.samples[0].value("capture_via", std::string()));
+  say("cold_first_named", int(uvt::frames_name(st.samples[0], "uvstall_test_plugin_busy")));
+  say("cold_first_handler_us", st.samples[0].value("handler_us", -1.0));
   say("cold_first_arrived_before_unlock", int(st.arrived_ns[0] < lu));
   say("cold_first_after_stall_ms", double(st.arrived_ns[0] - stall_from) / 1e6);
-  int timeouts_in_lock = 0, named_after_unlock = 0;
+  int timeouts_in_lock = 0, named_after_unlock = 0, named_in_lock = 0;
   std::string captures;
   for (size_t i = 0; i < st.samples.size(); ++i) {
     const std::string cap = st.samples[i]["capture"];
@@ -421,10 +434,14 @@ int scenario_loader_other(const char *plugin) {
     if ((cap == "ok" || cap == "late") && uvt::frames_name(st.samples[i], "uvstall_test_plugin_busy") &&
         st.arrived_ns[i] >= lu)
       ++named_after_unlock;
+    if (cap == "ok" && uvt::frames_name(st.samples[i], "uvstall_test_plugin_busy") &&
+        st.arrived_ns[i] < lu)
+      ++named_in_lock;
   }
   say("cold_captures", captures);
   say("cold_timeouts_in_lock", timeouts_in_lock);
   say("cold_named_after_unlock", named_after_unlock);
+  say("cold_named_in_lock", named_in_lock);
   say("cold_ends", st.ends.size());
   if (!st.ends.empty()) {
     say("cold_ended_by", st.ends[0]["ended_by"].get<std::string>());

@@ -157,6 +157,49 @@ TEST_SUITE("culprits") {
     }
   }
 
+  TEST_CASE("the stack window cuts a deep busy stack: correct frames, marked truncated") {
+    // 40 frames of ~1 KiB each under a busy loop. With a 4 KiB window the
+    // copy holds the innermost few: the record is truncated and every frame
+    // it has is the spin, the clock it calls or the recursion; with the
+    // default 64 KiB the unwind has the whole recursion and reaches the
+    // loop (uv_run). (What lies beyond uv_run may still be cut: under ASan
+    // the test runner's frames are large enough to end past the window.)
+    for (const uint32_t kb : {4u, 64u}) {
+      CAPTURE(kb);
+      uvt::WatchedLoop wl([kb](uvstall_options_t *o) { o->stack_window_kb = kb; });
+      REQUIRE(wl.start_rc == 0);
+      wl.after(50, [] { uvstall_test_deep_busy(40, 250); });
+      wl.run();
+      REQUIRE(wl.col.wait_count("stall_end", 1, 3000));
+      const nlohmann::json s = wl.col.of_type("stall")[0].j;
+      INFO(s.dump());
+      CHECK(wl.col.of_type("start")[0].j["options"]["stack_window_kb"] == kb);
+      check_capture(s, "uvstall_test_busy", UnderTsan::kCaptured);
+      if (s["capture"] != "ok") continue;
+      const int busy = uvt::frame_index(s, "uvstall_test_busy");
+      REQUIRE(busy >= 0);
+      int deep = 0;
+      for (size_t i = size_t(busy) + 1; i < s["frames"].size(); ++i) {
+        const auto &f = s["frames"][i];
+        const std::string symbol = f["symbol"].is_string() ? f["symbol"].get<std::string>() : "";
+        // GCC may name the recursive calls' target by its local alias
+        // (uvstall_test_deep_busy.localalias, seen under ASan).
+        if (symbol.rfind("uvstall_test_deep_busy", 0) != 0) break;
+        ++deep;
+      }
+      if (kb == 4) {
+        CHECK(s["truncated"] == true);
+        CHECK(deep >= 1);
+        CHECK(deep < 40);
+        // Nothing but the recursion after the spin: no wrong frame.
+        CHECK(size_t(busy) + 1 + size_t(deep) == s["frames"].size());
+      } else {
+        CHECK(deep == 41);
+        CHECK(uvt::frame_index(s, "uv_run") > busy + deep);
+      }
+    }
+  }
+
   TEST_CASE("pure arithmetic, no call at all, is the innermost frame") {
     const uint64_t rounds = uvt::pure_spin_rounds(300);
     uvt::WatchedLoop wl;

@@ -3,8 +3,10 @@
 // stack is taken from here without a signal and unwound from the copy, and
 // the blocked call must still take its full time and return its normal
 // value. No mock of libunwind or of the kernel.
+#include <dlfcn.h>
 #include <doctest/doctest.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <pthread.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -15,7 +17,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <thread>
@@ -580,6 +584,62 @@ TEST_SUITE("snapshot") {
     CHECK(part.stats.refused_reads > 0);
     b.th.join();
     CHECK(b.ret == 0);
+  }
+
+  TEST_CASE("code loaded after the tables were read is found in /proc/self/maps; JIT code is not") {
+    static Init init;
+    REQUIRE(snapshot_unwinder_problem().empty());
+    // A copy of the test plugin under a new name: an object surely loaded
+    // after init (the modules tests may have loaded the plugin itself).
+    const char *plugin = std::getenv("UVSTALL_TEST_PLUGIN");
+    REQUIRE(plugin != nullptr);
+    char dir[] = "/tmp/uvstall-discover-XXXXXX";
+    REQUIRE(mkdtemp(dir) != nullptr);
+    const std::string copy = std::string(dir) + "/libdiscovered.so";
+    {
+      std::ifstream in(plugin, std::ios::binary);
+      std::ofstream out(copy, std::ios::binary);
+      out << in.rdbuf();
+    }
+    void *lib = dlopen(copy.c_str(), RTLD_NOW | RTLD_LOCAL);
+    REQUIRE(lib != nullptr);
+    const uintptr_t fn = uintptr_t(dlsym(lib, "uvstall_test_plugin_fn"));
+    REQUIRE(fn != 0);
+    // A stack at the function's first instruction whose return address is
+    // 0: one frame, then the end, once the function's CFI is known.
+    const uintptr_t words[4] = {0, 0, 0, 0};
+    StackCopy c;
+    c.sp = uintptr_t(words);
+    c.pc = fn;
+    c.bytes = reinterpret_cast<const unsigned char *>(words);
+    c.len = sizeof words;
+    uintptr_t pcs[8];
+    UnwindStats st;
+    CHECK(unwind_stack(c, pcs, 8, &st) == 1);
+    CHECK(pcs[0] == fn);
+    CHECK(st.discovered == 1);
+    CHECK_FALSE(st.unknown_code);
+    CHECK(std::string(st.stop) == "end of stack");
+    // Known from now on: no second discovery.
+    CHECK(unwind_stack(c, pcs, 8, &st) == 1);
+    CHECK(st.discovered == 0);
+    CHECK(std::string(st.stop) == "end of stack");
+    // Anonymous executable memory has no tables: the stack ends at its pc.
+    void *jit = mmap(nullptr, 4096, PROT_READ | PROT_WRITE | PROT_EXEC,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(jit != MAP_FAILED);
+    static_cast<unsigned char *>(jit)[0] = 0xc3;  // ret
+    c.pc = uintptr_t(jit);
+    CHECK(unwind_stack(c, pcs, 8, &st) == 1);
+    CHECK(st.discovered == 0);
+    CHECK(st.unknown_code);
+    CHECK(std::string(st.stop) == "no unwind info for a pc");
+    munmap(jit, 4096);
+    dlclose(lib);
+    // The unloaded object's tables stay until a refresh (as documented).
+    snapshot_unwinder_refresh();
+    std::remove(copy.c_str());
+    rmdir(dir);
   }
 
   TEST_CASE("a busy thread is refused as running, and so is the calling thread") {

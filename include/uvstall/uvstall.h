@@ -1,9 +1,10 @@
 /* uvstall — find libuv event-loop stalls while they happen and name the code.
  *
  * This header is the contract for C and C++ users. A watch puts a uv_timer on
- * your loop; a sentinel thread notices when that timer is overdue and signals
- * the loop thread, whose signal handler captures the native stack of whatever
- * is blocking. Reports are JSON Lines (docs/report.schema.json) written by a
+ * your loop; a sentinel thread notices when that timer is overdue and takes
+ * the native stack of whatever is blocking: a thread asleep in a system call
+ * is copied from outside; one running user code gets a signal whose handler
+ * copies its registers and stack window, and the sentinel unwinds the copy. Reports are JSON Lines (docs/report.schema.json) written by a
  * writer thread, so output never blocks the loop or the sentinel.
  *
  * Usage (on the loop's thread):
@@ -101,13 +102,14 @@ extern "C" {
   XX(EMETRICSADDR, -25, "metrics_addr must be PORT, HOST:PORT or [IPV6]:PORT with a numeric address and a port between 1 and 65535") \
   XX(EMETRICSBIND, -26, "could not listen on metrics_addr (port in use, or not an address of this host)") \
   XX(EMETRICSFILE, -27, "metrics_file must be a path in a writable directory (written by rename, so its directory needs write access), not a device, pipe or directory") \
-  XX(EWAKEFD, -28, "could not create the external watch's wake descriptor (eventfd): too many open files?")
+  XX(EWAKEFD, -28, "could not create the external watch's wake descriptor (eventfd): too many open files?") \
+  XX(ESTACKWINDOW, -29, "stack_window_kb must be between 4 and 1024")
 
 typedef enum {
 #define UVSTALL_ERRNO_ENUM_(name, value, msg) UVSTALL_##name = (value),
   UVSTALL_ERRNO_MAP(UVSTALL_ERRNO_ENUM_)
 #undef UVSTALL_ERRNO_ENUM_
-  UVSTALL_ERRNO_END_ = -29
+  UVSTALL_ERRNO_END_ = -30
 } uvstall_errno_t;
 
 /* One watch of one loop. Opaque; freed by uvstall_stop (memory is released
@@ -155,6 +157,9 @@ typedef struct uvstall_options_s {
    * percentiles, stalls and utilization) goes to the output.
    * 0 = off (default), else 100..86400000. */
   uint32_t metrics_interval_ms;
+  /* KiB of the stalled thread's stack copied per capture, from its stack
+   * pointer up (4..1024); frames beyond it are cut ("truncated"). Default 64. */
+  uint32_t stack_window_kb;
 } uvstall_options_t;
 
 /* Process-wide settings: apply with uvstall_configure() before the first

@@ -169,7 +169,7 @@ def _current_loop():
 
 def watch(loop=None, *, threshold_ms=0, interval_ms=20, output_path=None,
           on_report=None, max_frames=64, capture_timeout_ms=50, loop_name=None,
-          max_samples_per_stall=8, abort_after_ms=0):
+          max_samples_per_stall=8, abort_after_ms=0, stack_window_kb=64):
     """Watches `loop` (default: the running loop) from now until .stop().
 
     Call on the thread that runs the loop, and keep running it there: the
@@ -190,6 +190,8 @@ def watch(loop=None, *, threshold_ms=0, interval_ms=20, output_path=None,
                          samples at 2x, 4x, 8x... the threshold
       abort_after_ms     0 = off; a stall this long is reported, then the
                          loop thread gets SIGABRT (for a core dump)
+      stack_window_kb    KiB of native stack copied per capture (4..1024);
+                         frames beyond it are cut ("truncated")
     Raises TypeError or ValueError for a value of the wrong type, outside
     0..2**32-1, or a string with a NUL (checked before anything starts),
     UvstallError (options the library refuses, ...) or LibraryNotFound. If this
@@ -202,7 +204,7 @@ def watch(loop=None, *, threshold_ms=0, interval_ms=20, output_path=None,
                  output_path=output_path, on_report=on_report, max_frames=max_frames,
                  capture_timeout_ms=capture_timeout_ms, loop_name=loop_name,
                  max_samples_per_stall=max_samples_per_stall,
-                 abort_after_ms=abort_after_ms)
+                 abort_after_ms=abort_after_ms, stack_window_kb=stack_window_kb)
 
 
 class Watch:
@@ -210,7 +212,7 @@ class Watch:
 
     def __init__(self, loop, *, threshold_ms, interval_ms, output_path, on_report,
                  max_frames, capture_timeout_ms, loop_name, max_samples_per_stall,
-                 abort_after_ms):
+                 abort_after_ms, stack_window_kb=64):
         import asyncio
         lib = library()
         if loop.is_running() and asyncio._get_running_loop() is not loop:
@@ -225,6 +227,7 @@ class Watch:
         opts.capture_timeout_ms = _u32("capture_timeout_ms", capture_timeout_ms)
         opts.max_samples_per_stall = _u32("max_samples_per_stall", max_samples_per_stall)
         opts.abort_after_ms = _u32("abort_after_ms", abort_after_ms)
+        opts.stack_window_kb = _u32("stack_window_kb", stack_window_kb)
         name = loop_name if loop_name is not None else _loop_name(loop)
         opts.loop_name = _c_string("loop_name", name)
         if output_path is not None:

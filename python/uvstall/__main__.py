@@ -60,6 +60,8 @@ def _parser():
                    help="records of one long stall, 1..64 (default 8)")
     p.add_argument("--abort-after-ms", type=int, default=0, metavar="N",
                    help="abort (SIGABRT, for a core dump) after a stall of N ms (default 0: off)")
+    p.add_argument("--stack-window-kb", type=int, default=64, metavar="N",
+                   help="KiB of native stack copied per capture, 4..1024 (default 64)")
     p.add_argument("--signal", type=int, default=0, metavar="N",
                    help="capture signal (default 0 = SIGRTMAX - 3)")
     p.add_argument("--max-queued-reports", type=int, default=1024, metavar="N",
@@ -79,7 +81,7 @@ def _split(argv):
                    "--capture-timeout-ms", "--loop-name", "--output-path",
                    "--max-samples-per-stall", "--abort-after-ms", "--signal",
                    "--max-queued-reports", "--max-stalls-per-minute",
-                   "--summary-interval-ms"}
+                   "--summary-interval-ms", "--stack-window-kb"}
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -120,6 +122,8 @@ def _check_options(lib, o):
     threshold = o.threshold_ms or max(100, 2 * o.interval_ms)
     if o.abort_after_ms != 0 and not threshold <= o.abort_after_ms <= _LIMIT:
         return lib.message(-20)
+    if not 4 <= o.stack_window_kb <= 1024:
+        return lib.message(-29)
     if not 1 <= o.max_queued_reports <= 1000000:
         return lib.message(-12)
     if not 0 <= o.max_stalls_per_minute <= 1000000:
@@ -209,7 +213,8 @@ def main(argv=None):
                        max_frames=o.max_frames, capture_timeout_ms=o.capture_timeout_ms,
                        loop_name=o.loop_name, output_path=o.output_path,
                        max_samples_per_stall=o.max_samples_per_stall,
-                       abort_after_ms=o.abort_after_ms)
+                       abort_after_ms=o.abort_after_ms,
+                       stack_window_kb=o.stack_window_kb)
 
     # As `python3 app.py` / `python3 -m module` would: argv, sys.path[0],
     # a fresh __main__.

@@ -36,6 +36,7 @@ _NUMERIC = [
     ("UVSTALL_SUMMARY_INTERVAL_MS", 0, 86400000, 100,
      "0 (at stop and exit only) or 100..86400000 (milliseconds)", "60000",
      "summary_interval_ms"),
+    ("UVSTALL_STACK_WINDOW_KB", 4, 1024, 0, "4..1024 (KiB)", "64", "stack_window_kb"),
 ]
 
 # Read by preload mode only (see the module docstring).

@@ -59,6 +59,8 @@ class Options(ctypes.Structure):
         ("report_arg", ctypes.c_void_p),
         ("max_samples_per_stall", ctypes.c_uint32),
         ("abort_after_ms", ctypes.c_uint32),
+        ("metrics_interval_ms", ctypes.c_uint32),
+        ("stack_window_kb", ctypes.c_uint32),
         _ROOM,
     ]
 

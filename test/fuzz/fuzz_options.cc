@@ -43,7 +43,7 @@ const char *const kVars[] = {
     "UVSTALL_ABORT_AFTER_MS",       "UVSTALL_MAX_STALLS_PER_MINUTE", "UVSTALL_SUMMARY_INTERVAL_MS",
     "UVSTALL_METRICS_INTERVAL_MS",  "UVSTALL_METRICS_ADDR",        "UVSTALL_METRICS_FILE",
     "UVSTALL_SIGNAL",               "UVSTALL_NO_CHILDREN",         "UVSTALL_OUTPUT_PATH",
-    "UVSTALL_UNKNOWN"};
+    "UVSTALL_STACK_WINDOW_KB",      "UVSTALL_UNKNOWN"};
 constexpr size_t kNumVars = sizeof(kVars) / sizeof(kVars[0]);
 
 void require(bool ok, const char *what) {
@@ -133,6 +133,9 @@ void fuzz_structs(const std::vector<std::string> &parts) {
   o.max_samples_per_stall = take_u32(n, 20);
   o.abort_after_ms = take_u32(n, 24);
   o.metrics_interval_ms = take_u32(n, 28);
+  // Its default when the input is too short to set it (the success path
+  // stays reachable from the existing corpus).
+  if (n.size() >= 60) o.stack_window_kb = take_u32(n, 56);
   const uint32_t which = take_u32(n, 32);
   o.loop_name = which & 1 ? name.c_str() : nullptr;
   o.output_path = which & 2 ? path.c_str() : nullptr;
@@ -151,6 +154,8 @@ void fuzz_structs(const std::vector<std::string> &parts) {
     require(c.max_samples_per_stall >= 1 && c.max_samples_per_stall <= kMaxSamples,
             "samples in range");
     require(c.abort_after_ms == 0 || c.abort_after_ms >= c.threshold_ms, "abort after threshold");
+    require(c.stack_window_kb >= kMinStackWindowKb && c.stack_window_kb <= kMaxStackWindowKb,
+            "stack window in range");
   }
 
   uvstall_process_options_t p;

@@ -35,6 +35,7 @@ TEST_SUITE("env") {
     CHECK(e.opts.threshold_ms == 0);
     CHECK(e.opts.max_frames == d.max_frames);
     CHECK(e.opts.capture_timeout_ms == d.capture_timeout_ms);
+    CHECK(e.opts.stack_window_kb == 64);
     CHECK(e.opts.output_path == nullptr);
     CHECK_FALSE(e.process_set);
     CHECK(e.output_path.empty());
@@ -46,6 +47,7 @@ TEST_SUITE("env") {
                          {"UVSTALL_THRESHOLD_MS", "50"},
                          {"UVSTALL_MAX_FRAMES", "256"},
                          {"UVSTALL_CAPTURE_TIMEOUT_MS", "1"},
+                         {"UVSTALL_STACK_WINDOW_KB", "1024"},
                          {"UVSTALL_MAX_QUEUED_REPORTS", "7"},
                          {"UVSTALL_SIGNAL", "SIGUSR2"},
                          {"UVSTALL_OUTPUT_PATH", "/tmp/s-%p.jsonl"},
@@ -55,6 +57,7 @@ TEST_SUITE("env") {
     CHECK(e.opts.threshold_ms == 50);
     CHECK(e.opts.max_frames == 256);
     CHECK(e.opts.capture_timeout_ms == 1);
+    CHECK(e.opts.stack_window_kb == 1024);
     CHECK(e.popts.max_queued_reports == 7);
     CHECK(e.popts.signal == SIGUSR2);
     CHECK(e.process_set);
@@ -68,7 +71,8 @@ TEST_SUITE("env") {
         {"UVSTALL_THRESHOLD_MS", "abc"},      {"UVSTALL_THRESHOLD_MS", "-5"},
         {"UVSTALL_MAX_FRAMES", "257"},        {"UVSTALL_MAX_FRAMES", " 64"},
         {"UVSTALL_CAPTURE_TIMEOUT_MS", ""},   {"UVSTALL_MAX_QUEUED_REPORTS", "99999999999"},
-        {"UVSTALL_SIGNAL", "SIGKILL"},        {"UVSTALL_NO_CHILDREN", "yes"}};
+        {"UVSTALL_SIGNAL", "SIGKILL"},        {"UVSTALL_NO_CHILDREN", "yes"},
+        {"UVSTALL_STACK_WINDOW_KB", "3"}};
     for (const auto &[name, value] : bad) {
       CAPTURE(name);
       CAPTURE(value);
@@ -83,6 +87,7 @@ TEST_SUITE("env") {
       CHECK(e.opts.interval_ms == d.opts.interval_ms);
       CHECK(e.opts.threshold_ms == d.opts.threshold_ms);
       CHECK(e.opts.max_frames == d.opts.max_frames);
+      CHECK(e.opts.stack_window_kb == d.opts.stack_window_kb);
       CHECK(e.popts.signal == d.popts.signal);
       CHECK(e.popts.max_queued_reports == d.popts.max_queued_reports);
       CHECK_FALSE(e.process_set);

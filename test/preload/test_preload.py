@@ -374,6 +374,7 @@ class Configuration(Base):
                "UVSTALL_SUMMARY_INTERVAL_MS": "50",        # 1..99 is refused
                "UVSTALL_MAX_QUEUED_REPORTS": "-0",
                "UVSTALL_MAX_STALLS_PER_MINUTE": "",
+               "UVSTALL_STACK_WINDOW_KB": "2048",
                "UVSTALL_METRICS_INTERVAL_MS": "x" * 100000,
                "UVSTALL_METRICS_ADDR": "127.0.0.1:9464\nX-Injected: 1",
                "UVSTALL_METRICS_FILE": "/nonexistent-dir/\x1b[31mred.prom",
@@ -393,7 +394,8 @@ class Configuration(Base):
         options = [r for r in records if r["type"] == "start"][0]["options"]
         self.assertEqual((options["interval_ms"], options["threshold_ms"], options["max_frames"],
                           options["capture_timeout_ms"], options["max_samples_per_stall"],
-                          options["abort_after_ms"]), (20, 100, 64, 50, 8, 0))
+                          options["abort_after_ms"], options["stack_window_kb"]),
+                         (20, 100, 64, 50, 8, 0, 64))
         self.assertEqual(len(self.stalls_in(records, "c_host_blocking_sleep")), 1)
 
     def test_flags_set_the_options(self):

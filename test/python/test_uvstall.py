@@ -368,7 +368,9 @@ class Launcher(unittest.TestCase):
                           (["--output-path", "/nonexistent/dir/x.jsonl"], "output_path"),
                           (["--max-samples-per-stall", "0"], "max_samples_per_stall must be"),
                           (["--abort-after-ms", "50"], "abort_after_ms must be"),
-                          (["--summary-interval-ms", "5"], "summary_interval_ms must be")):
+                          (["--summary-interval-ms", "5"], "summary_interval_ms must be"),
+                          (["--stack-window-kb", "3"], "stack_window_kb must be"),
+                          (["--stack-window-kb", "1025"], "stack_window_kb must be")):
             with self.subTest(opts=opts):
                 p = subprocess.run([PY, "-m", "uvstall"] + opts + [self.EXITS, "ok"],
                                    capture_output=True, text=True)
@@ -383,7 +385,8 @@ class Launcher(unittest.TestCase):
         for opts in (["--interval-ms", "1e3"], ["--max-frames", "0x10"],
                      ["--threshold-ms", "99999999999999999999"], ["--signal", "SIGKILL"],
                      ["--capture-timeout-ms", "5ms"], ["--loop-name", "x" * 64],
-                     ["--summary-interval-ms", "-1"], ["--max-queued-reports", ""]):
+                     ["--summary-interval-ms", "-1"], ["--max-queued-reports", ""],
+                     ["--stack-window-kb", "64k"]):
             with self.subTest(opts=opts):
                 p = subprocess.run([PY, "-m", "uvstall"] + opts + [self.EXITS, "ok"],
                                    capture_output=True, text=True)
@@ -697,7 +700,7 @@ class WatchApi(unittest.TestCase):
         # anything starts; then the defaults still watch the loop.
         import uvstall
         ints = ("threshold_ms", "interval_ms", "max_frames", "capture_timeout_ms",
-                "max_samples_per_stall", "abort_after_ms")
+                "max_samples_per_stall", "abort_after_ms", "stack_window_kb")
         cases = []
         for k in ints:
             for v in (-1, -0.0, 2**32, 10**30, 1.5, "5", "", None, True, b"5", [5]):
@@ -705,6 +708,8 @@ class WatchApi(unittest.TestCase):
         cases += [
             ({"interval_ms": 0}, uvstall.UvstallError, "interval_ms"),
             ({"max_frames": 2**32 - 1}, uvstall.UvstallError, "max_frames"),
+            ({"stack_window_kb": 3}, uvstall.UvstallError, "stack_window_kb"),
+            ({"stack_window_kb": 1025}, uvstall.UvstallError, "stack_window_kb"),
             ({"loop_name": "x" * 64}, uvstall.UvstallError, "loop_name"),
             ({"loop_name": "a\0b"}, ValueError, "loop_name"),
             ({"loop_name": b"bytes"}, TypeError, "loop_name"),
