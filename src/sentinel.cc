@@ -152,6 +152,20 @@ void emit(Watch *w, nlohmann::ordered_json record) {
     g_unannounced_suppressed.fetch_sub(suppressed);
 }
 
+// The stack window of the watch (stack_window_kb), for both ways of
+// capture.
+size_t window_bytes(const Config &cfg) { return size_t(cfg.stack_window_kb) * 1024; }
+
+// The most frames an unwind keeps for the watch (max_frames).
+int frames_wanted(const Watch *w) { return int(std::min<uint32_t>(w->cfg.max_frames, kMaxFrames)); }
+
+// Appends the unwound pcs to the sample, resolved (pcs[0] is where the
+// thread was; the others are return addresses).
+void add_frames(StallSample *s, const uintptr_t *pcs, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    s->frames.push_back(modules().resolve(pcs[i], /*return_address=*/i > 0));
+}
+
 // The slot's copy as the unwinder takes it: the interrupted registers (rbp
 // known) and the window, in place (not copied again).
 StackCopy copy_of(const CaptureSlot &slot) {
@@ -183,9 +197,8 @@ void fill_from_capture(Watch *w, StallSample *s) {
     return;
   }
   uintptr_t pcs[kMaxFrames];
-  const int max = int(std::min<uint32_t>(w->cfg.max_frames, kMaxFrames));
   UnwindStats us;
-  const int n = unwind_stack(copy_of(*slot), pcs, max, &us);
+  const int n = unwind_stack(copy_of(*slot), pcs, frames_wanted(w), &us);
   if (n <= 0) {
     s->capture = "failed";
     s->capture_error = us.stop;
@@ -193,8 +206,7 @@ void fill_from_capture(Watch *w, StallSample *s) {
   }
   s->truncated = us.cut;
   s->first_guessed_frame = us.first_guessed_frame;
-  for (int i = 0; i < n; ++i)
-    s->frames.push_back(modules().resolve(pcs[i], /*return_address=*/i > 0));
+  add_frames(s, pcs, size_t(n));
 }
 
 // The sample's stack from the snapshot try_snapshot took.
@@ -205,8 +217,7 @@ void fill_from_snapshot(Watch *w, StallSample *s) {
   s->snapshot_us = st.snap_us;
   s->truncated = st.snap_cut;
   s->first_guessed_frame = st.snap_first_guessed;
-  for (size_t i = 0; i < st.snap_pcs.size(); ++i)
-    s->frames.push_back(modules().resolve(st.snap_pcs[i], /*return_address=*/i > 0));
+  add_frames(s, st.snap_pcs.data(), st.snap_pcs.size());
 }
 
 StallSample new_sample(Watch *w) {
@@ -377,10 +388,6 @@ void stop_vanished(Watch *w, uint64_t now) {
   if (w->slot >= 0) capture_release(w->slot);
 }
 
-// The stack window of the watch (stack_window_kb), for both ways of
-// capture.
-size_t window_bytes(const Watch *w) { return size_t(w->cfg.stack_window_kb) * 1024; }
-
 // Unwinds the snapshot take_snapshot just accepted into the sentinel state
 // (`t0`: when the sentinel began on it). False when the copy gives no
 // stack the signal could not do better (see below).
@@ -388,9 +395,8 @@ bool unwind_taken(Watch *w, uint64_t t0) {
   SentinelState &st = w->s;
   st.snap_ns = mono_ns();
   uintptr_t pcs[kMaxFrames];
-  const int max = int(std::min<uint32_t>(w->cfg.max_frames, kMaxFrames));
   UnwindStats us;
-  const int n = unwind_snapshot(*w->snap, pcs, max, &us);
+  const int n = unwind_snapshot(*w->snap, pcs, frames_wanted(w), &us);
   // No stack from the copy: the signal is sent instead (and counted). A
   // stack that ends in code no object maps (JIT code) is kept: the signal's
   // copy goes through the same unwinder and would end there too. (Objects
@@ -430,7 +436,7 @@ bool try_snapshot(Watch *w, int running_looks = kRunningLooks) {
   uint64_t first_switches = 0;
   for (;;) {
     Snapshot &snap = *w->snap;
-    if (take_snapshot(w->who.tid, &snap, window_bytes(w))) return unwind_taken(w, t0);
+    if (take_snapshot(w->who.tid, &snap, window_bytes(w->cfg))) return unwind_taken(w, t0);
     if (std::strcmp(snap.refusal, "thread moved") == 0) {
       w->snapshots_discarded.fetch_add(1, std::memory_order_relaxed);
       if (++moved == kSnapshotAttempts) return false;
@@ -478,7 +484,7 @@ std::string request_capture(Watch *w) {
   // read of /proc to the signal's arrival: microseconds.
   if (snapshot_allowed(w)) {
     const uint64_t t0 = mono_ns();
-    if (take_snapshot(w->who.tid, w->snap.get(), window_bytes(w),
+    if (take_snapshot(w->who.tid, w->snap.get(), window_bytes(w->cfg),
                       /*status_when_running=*/false)) {
       lock.unlock();
       if (unwind_taken(w, t0)) return {};
@@ -984,7 +990,7 @@ int watch_create(const uvstall_options_t *opts, uv_loop_t *loop,
   }
   w->out = Output::open(cfg, &rc);
   if (w->out == nullptr) return rc;
-  w->slot = capture_acquire(size_t(cfg.stack_window_kb) * 1024);
+  w->slot = capture_acquire(window_bytes(cfg));
   if (w->slot < 0) return UVSTALL_ELIMIT;
   uint64_t number;
   {
