@@ -71,8 +71,10 @@ def export(source, dest):
     else:
         names = []
         for root, dirs, files in os.walk(source):
-            dirs[:] = [d for d in dirs if d != ".git" and not d.startswith("build")
-                       and d != "__pycache__"]
+            # Build directories are the top level's (build, build-asan...):
+            # python/build_backend is source.
+            dirs[:] = [d for d in dirs if d not in (".git", "__pycache__") and
+                       not (root == source and d.startswith("build"))]
             names += [os.path.relpath(os.path.join(root, f), source) for f in files]
     for n in names:
         src = os.path.join(source, n)
